@@ -1,0 +1,1 @@
+"""YAML settings: defaults.yaml, profiles/<name>.yaml and methods/<name>.yaml."""

@@ -1,0 +1,1 @@
+"""Cohorts: manifests, NIfTI loading, the phantom, splits and batched 3D views."""
