@@ -1,0 +1,117 @@
+"""The one encoder every method pretrains: a 3D ResNet18 built by MONAI.
+
+BasicBlock x [2, 2, 2, 2], widths 64/128/256/512, one input channel, a 7^3 stride-2 stem and a
+max-pool, global average pooling to a 512-d feature (PROTOCOL.md, "Backbone"). For a 64^3 input
+the feature maps are 32^3 (stem), 16^3, 8^3, 4^3 and 2^3 (stages 1-4).
+
+The class *is* a ``monai.networks.nets.ResNet``, so its state dict has MONAI's parameter names
+and loads with ``strict=True`` into ``monai.networks.nets.resnet18(spatial_dims=3,
+n_input_channels=1, conv1_t_stride=2, feed_forward=False)`` (paper widths) or into MONAI's
+``ResNet`` with the same ``block_inplanes`` (narrower CPU profiles).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from monai.networks.nets import ResNet
+from torch import Tensor
+
+PAPER_WIDTHS = (64, 128, 256, 512)
+
+
+def stage_widths(width_multiplier: float) -> tuple[int, ...]:
+    """Channel widths of the four stages; the multiplier exists for CPU-sized profiles only."""
+    if not 0 < width_multiplier <= 1:
+        raise ValueError(
+            f"backbone.width_multiplier must be in (0, 1], got {width_multiplier}: 1.0 is the "
+            "paper's ResNet18, smaller values shrink it for CPU profiles"
+        )
+    return tuple(max(4, round(width * width_multiplier)) for width in PAPER_WIDTHS)
+
+
+def describe_backbone(widths: tuple[int, ...]) -> str:
+    """How reports name the backbone of a run, e.g. "3D ResNet18, widths 64/128/256/512"."""
+    name = "3D ResNet18" if tuple(widths) == PAPER_WIDTHS else "3D ResNet18 (narrow)"
+    return f"{name}, widths {'/'.join(map(str, widths))}"
+
+
+def monai_resnet18(widths: tuple[int, ...] = PAPER_WIDTHS) -> ResNet:
+    """A plain MONAI 3D ResNet18 with these widths, the target of every exported encoder."""
+    return ResNet(**_resnet18_arguments(widths))
+
+
+def _resnet18_arguments(widths: tuple[int, ...]) -> dict:
+    return dict(
+        block="basic",
+        layers=[2, 2, 2, 2],
+        block_inplanes=list(widths),
+        spatial_dims=3,
+        n_input_channels=1,
+        conv1_t_stride=2,
+        feed_forward=False,
+    )
+
+
+class ResNet18(ResNet):
+    """MONAI's 3D ResNet18 that also exposes its multi-scale feature maps."""
+
+    def __init__(self, widths: tuple[int, ...] = PAPER_WIDTHS):
+        super().__init__(**_resnet18_arguments(widths))
+        self.widths = tuple(widths)
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of the pooled feature (512 for the paper widths)."""
+        return self.widths[-1]
+
+    @property
+    def description(self) -> str:
+        """How reports name this backbone."""
+        return describe_backbone(self.widths)
+
+    def stem(self, x: Tensor) -> Tensor:
+        """Stride-2 7^3 convolution, BatchNorm, ReLU: [B, 1, S^3] -> [B, w0, (S/2)^3]."""
+        return self.act(self.bn1(self.conv1(x)))
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        """Maps at strides 2, 4, 8, 16 and 32 (stem, stages 1-4), for U-Net-style decoders."""
+        maps = [self.stem(x)]
+        x = self.maxpool(maps[0])
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def pool(self, last_map: Tensor) -> Tensor:
+        """Global average pooling: [B, C, ...] -> [B, C]."""
+        return torch.flatten(self.avgpool(last_map), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The pooled feature [B, feature_dim] of a batch [B, 1, D, H, W]."""
+        x = self.maxpool(self.stem(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.pool(x)
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """A CPU copy of the weights under MONAI's names (what ``encoder.pt`` holds)."""
+        return {key: value.detach().cpu().clone() for key, value in self.state_dict().items()}
+
+
+def save_encoder(backbone: ResNet18, path: str | Path) -> None:
+    """Write the encoder's plain state dict atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(backbone.encoder_state_dict(), temporary)
+    os.replace(temporary, path)
+
+
+def load_encoder(path: str | Path, widths: tuple[int, ...]) -> ResNet18:
+    """A backbone with the weights of an exported ``encoder.pt`` (strict)."""
+    backbone = ResNet18(widths)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    backbone.load_state_dict(state, strict=True)
+    return backbone
