@@ -1,0 +1,183 @@
+"""The ``finetune`` protocol: one evaluation cell of the common harness (PROTOCOL.md).
+
+The whole network is trained: the pretrained ResNet18 (or a random one for ``scratch``) plus a
+head feature -> 256 -> ReLU -> 2, with Adam (lr 1e-4), batch 16, class-weighted cross-entropy
+(w_j = n / (2 n_j) on the training subset), early stopping on the validation loss (patience 5)
+and the best validation-loss checkpoint restored. The score of a volume is the softmax
+probability of "anomalous"; the decision threshold maximises F1 on the validation set.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from torch import Tensor, nn
+
+from benchmark.backbone import ResNet18, load_encoder, stage_widths
+from benchmark.batches import TensorBatches, batch_loader
+from benchmark.datasets.views import Views
+from benchmark.metrics import best_f1_threshold, classification_metrics
+from benchmark.results import Cell
+from benchmark.rundata import RunData
+from benchmark.runtime import make_trainer, prepare_module
+
+
+def class_weights(labels: Tensor) -> Tensor:
+    """w_j = n / (2 n_j): each class contributes equally to the loss (PROTOCOL.md)."""
+    counts = torch.bincount(labels, minlength=2).float()
+    return len(labels) / (2 * counts.clamp_min(1))
+
+
+class Classifier(pl.LightningModule):
+    """Backbone + head (feature -> hidden -> ReLU -> 2), trained end to end."""
+
+    def __init__(self, backbone: ResNet18, settings: DictConfig, weights: Tensor, seed: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(
+            nn.Linear(backbone.feature_dim, int(settings.head_hidden)),
+            nn.ReLU(inplace=True),
+            nn.Linear(int(settings.head_hidden), 2),
+        )
+        self.register_buffer("weights", weights)
+        self.settings = settings
+        self.views = Views.from_config(settings.get("views"))
+        self.seed = seed
+        self.generator: torch.Generator | None = None
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+    def on_fit_start(self) -> None:
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    def training_step(self, batch: dict[str, Tensor], batch_index: int) -> Tensor:
+        images, _ = self.views(batch["image"], generator=self.generator)
+        loss = F.cross_entropy(self(images), batch["label"], weight=self.weights)
+        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
+        loss = F.cross_entropy(self(batch["image"]), batch["label"], weight=self.weights)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=float(self.settings.lr))
+
+    @torch.no_grad()
+    def scores(self, images: Tensor, batch_size: int) -> Tensor:
+        """Probability of "anomalous" for each volume, in evaluation mode."""
+        self.eval()
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(self.device)
+            outputs.append(torch.softmax(self(batch).float(), dim=1)[:, 1].cpu())
+        return torch.cat(outputs)
+
+
+def cell_seed(cell: Cell) -> int:
+    """The seed of a cell's head initialisation, batch order and views.
+
+    It depends on (seed, fold, fraction) but not on the method, so every method is fine-tuned
+    with the same batches and head start: the comparison between methods is paired.
+    """
+    return cell.seed * 1_000_003 + cell.fold * 1_009 + int(round(cell.fraction * 1000))
+
+
+def _predictions(data: RunData, rows: np.ndarray, scores: Tensor) -> list[dict]:
+    table = data.cohort.table.iloc[rows]
+    return [
+        {"subject_id": str(s), "side": str(side), "label": int(label), "score": float(score)}
+        for s, side, label, score in zip(
+            table["subject_id"], table["side"], table["label"], scores.tolist(), strict=True
+        )
+    ]
+
+
+def run_finetune(
+    cell: Cell, cfg: DictConfig, data: RunData, encoder_path: Path | None, workdir: Path
+) -> dict:
+    """Fine-tune and score one cell; returns the result fields of its cell file."""
+    settings = cfg.finetune
+    seed = cell_seed(cell)
+    pl.seed_everything(seed, verbose=False)
+    widths = stage_widths(float(cfg.backbone.width_multiplier))
+    backbone = load_encoder(encoder_path, widths) if encoder_path else ResNet18(widths)
+
+    train_rows = data.training_rows(cell.seed, cell.fold, cell.fraction)
+    val_rows = data.partition_rows(cell.seed, cell.fold, "val")
+    test_rows = data.partition_rows(cell.seed, cell.fold, "test")
+    train_labels = data.labels(train_rows)
+    model = Classifier(
+        backbone,
+        settings,
+        class_weights(train_labels) if settings.class_weighted else torch.ones(2),
+        seed,
+    )
+    prepare_module(model, cfg.runtime)
+
+    batch_size = int(settings.batch_size)
+    train_loader = batch_loader(
+        TensorBatches(image=data.images(train_rows), label=train_labels), batch_size, seed
+    )
+    val_loader = batch_loader(
+        TensorBatches(image=data.images(val_rows), label=data.labels(val_rows)),
+        batch_size,
+        seed,
+        shuffle=False,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=workdir, save_last=True, monitor="val_loss", filename="best"
+    )
+    trainer = make_trainer(
+        cfg.runtime,
+        workdir,
+        int(settings.max_epochs),
+        [checkpoint, EarlyStopping("val_loss", patience=int(settings.patience))],
+    )
+    last = workdir / "last.ckpt"
+    trainer.fit(model, train_loader, val_loader, ckpt_path=last if last.exists() else None)
+    if not checkpoint.best_model_path:
+        raise NonFiniteScoresError(
+            f"{cell.title}: the validation loss was never finite; lower finetune.lr"
+        )
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(best["state_dict"])
+
+    val_scores = model.scores(data.images(val_rows), batch_size * 4)
+    test_scores = model.scores(data.images(test_rows), batch_size * 4)
+    _fail_on_nonfinite(val_scores, test_scores, cell)
+    threshold = best_f1_threshold(val_scores, data.labels(val_rows))
+    test_labels = data.labels(test_rows)
+    result = {
+        "metrics": classification_metrics(test_scores, test_labels, threshold),
+        "prevalence": float(test_labels.float().mean()),
+        "threshold": threshold,
+        "epochs": trainer.current_epoch,
+        "best_epoch": int(best["epoch"]),
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
+        "n_test": len(test_rows),
+        "predictions": _predictions(data, test_rows, test_scores),
+        "validation_predictions": _predictions(data, val_rows, val_scores),
+    }
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+class NonFiniteScoresError(RuntimeError):
+    """Fine-tuning diverged: the classifier produced NaN or infinite scores."""
+
+
+def _fail_on_nonfinite(val_scores: Tensor, test_scores: Tensor, cell: Cell) -> None:
+    if not (torch.isfinite(val_scores).all() and torch.isfinite(test_scores).all()):
+        raise NonFiniteScoresError(
+            f"{cell.title}: fine-tuning diverged (non-finite scores); lower finetune.lr"
+        )

@@ -1,0 +1,216 @@
+"""``SSLMethod``: the base class of every method plugin (the plugin API).
+
+It owns the training plumbing (optimiser and schedule, random views, logging, non-finite loss
+detection, resumable random state) so that a method file states only what makes the method
+different: its heads, its views and its loss (solo-learn style). A plugin looks like::
+
+    @register_method("simclr")
+    class SimCLR(SSLMethod):
+        '''SimCLR: contrast two views with NT-Xent (Chen et al., ICML 2020).'''
+
+        def __init__(self, backbone, settings, training):
+            super().__init__(backbone, settings, training)
+            self.projection = SimCLRProjectionHead(backbone.feature_dim, 512, 512)
+
+        def pretraining_loss(self, batch):
+            first, _ = self.augment(batch["image"])
+            ...
+            return {"loss": loss}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from lightly.models.utils import get_weight_decay_parameters
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import CosineWarmupScheduler
+from omegaconf import DictConfig
+from torch import Tensor
+
+from benchmark.backbone import ResNet18
+from benchmark.datasets.views import Views
+from benchmark.errors import UserError
+
+if TYPE_CHECKING:
+    from benchmark.pretrain import PretrainingContext
+
+
+class MethodConfigError(UserError):
+    """A method's settings cannot work (found before training starts)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the unit fails with this record."""
+
+
+class SSLMethod(pl.LightningModule):
+    """A self-supervised method on the shared 3D ResNet18.
+
+    Subclasses implement ``pretraining_loss``; they may override ``prepare`` (cached stages
+    such as an autoencoder), ``check_settings`` (reject impossible settings early) and the
+    Lightning hooks (for example an EMA update in ``on_train_batch_end``).
+
+    Args:
+        backbone: the shared ResNet18; what fine-tuning receives is ``self.encoder``.
+        settings: the method's own hyper-parameters (``configs/methods/<name>.yaml``).
+        training: the pretraining settings (optimiser, lr, epochs, batch size, seed).
+    """
+
+    name: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    config_file: ClassVar[str | None] = None
+    pretraining_scope: ClassVar[str] = "run"
+    needs_pretraining: ClassVar[bool] = True
+
+    def __init__(self, backbone: ResNet18, settings: DictConfig, training: DictConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.settings = settings
+        self.training_settings = training
+        self.views = Views.from_config(settings.get("views"))
+        self._train_rng: torch.Generator | None = None
+        self._rng_state_to_restore: Tensor | None = None
+        self._saw_nonfinite_loss: Tensor | None = None
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring (shown by ``ssl3d methods``)."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @property
+    def encoder(self) -> ResNet18:
+        """The backbone that fine-tuning receives (exported as ``encoder.pt``)."""
+        return self.backbone
+
+    # ---- what a method states ----------------------------------------------------------
+
+    def check_settings(self, batch_size: int) -> None:
+        """Raise ``MethodConfigError`` for settings that cannot work, before any training."""
+
+    def prepare(self, context: PretrainingContext) -> None:
+        """Compute what the method needs before training (cached with ``context.stage``)."""
+
+    def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Losses of one batch: ``loss`` is optimised, every other entry is logged.
+
+        ``batch["image"]`` is ``[B, 1, S, S, S]`` on the training device and ``batch["index"]``
+        the positions of those volumes in the pretraining pool.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement pretraining_loss")
+
+    # ---- helpers for methods -------------------------------------------------------------
+
+    @property
+    def rng(self) -> torch.Generator:
+        """The random stream of this step: seeded, resumable in training, fixed in validation."""
+        if self.training:
+            if self._train_rng is None:
+                self._train_rng = self._seeded_generator(int(self.training_settings.seed))
+            return self._train_rng
+        return self._validation_rng
+
+    def augment(
+        self, images: Tensor, targets: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """A random view of each volume (and the same spatial transform of ``targets``)."""
+        return self.views(images, targets, generator=self.rng)
+
+    @staticmethod
+    def embedding_std(embeddings: Tensor) -> Tensor:
+        """Mean per-dimension std of L2-normalised embeddings: 0 means collapse, and
+        ``1/sqrt(dim)`` is what spread-out embeddings give (Chen & He, SimSiam, 2021)."""
+        return F.normalize(embeddings.detach().float(), dim=1).std(dim=0).mean()
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    def _seeded_generator(self, seed: int) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed)
+        return generator
+
+    def on_fit_start(self) -> None:
+        self._train_rng = self._seeded_generator(int(self.training_settings.seed))
+        if self._rng_state_to_restore is not None:
+            self._train_rng.set_state(self._rng_state_to_restore)
+            self._rng_state_to_restore = None
+        self._saw_nonfinite_loss = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    def on_validation_epoch_start(self) -> None:
+        # The same views every epoch, so validation losses are comparable across epochs.
+        self._validation_rng = self._seeded_generator(int(self.training_settings.seed) + 1)
+
+    def _log_losses(self, losses: dict[str, Tensor], stage: str, batch_size: int) -> None:
+        for key, value in losses.items():
+            self.log(
+                f"{stage}_{key}",
+                value.detach().float(),
+                on_step=False,
+                on_epoch=True,
+                prog_bar=key == "loss",
+                batch_size=batch_size,
+            )
+
+    def training_step(self, batch: dict[str, Tensor], batch_index: int) -> Tensor:
+        losses = self.pretraining_loss(batch)
+        loss = losses["loss"]
+        # Accumulated on the device and checked once per epoch: no host sync per step.
+        self._saw_nonfinite_loss |= ~torch.isfinite(loss.detach())
+        self._log_losses(losses, "train", batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
+        self._log_losses(self.pretraining_loss(batch), "val", batch["image"].shape[0])
+
+    def on_train_epoch_end(self) -> None:
+        if bool(self._saw_nonfinite_loss):
+            raise NonFiniteLossError(
+                f"{self.name}: the pretraining loss became NaN or infinite in epoch "
+                f"{self.current_epoch}; lower pretrain.lr or check the input data"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ssl3d_rng_state"] = self._train_rng.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_state_to_restore = checkpoint.get("ssl3d_rng_state")
+
+    def configure_optimizers(self):
+        """The configured optimiser, linear warm-up then cosine decay per optimiser step.
+
+        The schedule length is the real number of steps of this run
+        (``trainer.estimated_stepping_batches``), so it ends where training ends.
+        """
+        settings = self.training_settings
+        decayed, not_decayed = get_weight_decay_parameters([self])
+        groups = [
+            {"params": decayed, "weight_decay": float(settings.weight_decay)},
+            {"params": not_decayed, "weight_decay": 0.0},
+        ]
+        optimizer = build_optimizer(settings.optimizer, groups, settings)
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, int(self.trainer.num_training_batches))
+        warmup_steps = min(total_steps - 1, int(settings.warmup_epochs) * steps_per_epoch)
+        schedule = CosineWarmupScheduler(
+            optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def build_optimizer(name: str, groups: list[dict], settings: DictConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW, SGD or LARS (You et al. 2017; the residual method's optimiser) by name."""
+    lr = float(settings.lr)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(settings.momentum))
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=float(settings.momentum))
+    raise MethodConfigError(
+        f"unknown optimizer '{name}' (setting pretrain.optimizer); choose adam, adamw, sgd or lars"
+    )

@@ -1,0 +1,197 @@
+"""The data of one run: the cohort in memory, its split file, and the rows each unit uses.
+
+Without ``data.manifest`` the run generates the built-in phantom cohort of its profile once,
+under ``OUT/data/phantom``. The split file is made from the ``splits`` settings (or read from
+``data.splits``) and saved as ``OUT/data/splits.csv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from benchmark.datasets.cohort import Cohort, load_cohort
+from benchmark.datasets.phantom import generate_phantom
+from benchmark.datasets.splits import (
+    check_pretraining_pool,
+    make_splits,
+    partition_subjects,
+    read_splits,
+    training_subjects,
+    write_splits,
+)
+from benchmark.datasets.volumes import Preprocessing
+from benchmark.errors import UserError
+
+
+class DataSettingError(UserError):
+    """Data settings that do not fit the cohort (for example a split file of another cohort)."""
+
+
+@dataclass
+class RunData:
+    """The preprocessed cohort, its splits and the fingerprint that identifies them."""
+
+    manifest: Path
+    cohort: Cohort
+    splits: pd.DataFrame
+    fingerprint: str
+
+    def rows_of_subjects(self, subjects: Iterable[str], labelled: bool = True) -> np.ndarray:
+        """Cohort positions of the (labelled or unlabelled) volumes of these subjects."""
+        table = self.cohort.table
+        wanted = table["subject_id"].isin(set(subjects))
+        is_labelled = table["label"].notna()
+        return np.flatnonzero(wanted & (is_labelled if labelled else ~is_labelled))
+
+    def partition_rows(self, seed: int, fold: int, partition: str) -> np.ndarray:
+        """Labelled volumes of one partition (``train``, ``val`` or ``test``) of a fold."""
+        return self.rows_of_subjects(partition_subjects(self.splits, seed, fold, partition))
+
+    def training_rows(self, seed: int, fold: int, fraction: float) -> np.ndarray:
+        """Labelled volumes of the nested label-fraction subset of a fold's training set."""
+        return self.rows_of_subjects(training_subjects(self.splits, seed, fold, fraction))
+
+    def test_subjects(self) -> set[str]:
+        """Subjects of the fixed test set (the same for every seed and fold)."""
+        return set(self.splits.loc[self.splits["partition"] == "test", "subject_id"])
+
+    def pretraining_pool(self, pool: str) -> tuple[np.ndarray, str]:
+        """Volumes self-supervised pretraining may see, and a sentence saying which.
+
+        ``unlabelled``: the unlabelled rows; when the manifest has none, the labelled non-test
+        volumes instead (said so). ``unlabelled+train``: both. Test subjects never enter: the
+        leak check of the splits module is called on the result.
+        """
+        table = self.cohort.table
+        unlabelled = np.flatnonzero(table["label"].isna().to_numpy())
+        labelled_subjects = set(self.splits["subject_id"]) - self.test_subjects()
+        labelled_non_test = self.rows_of_subjects(labelled_subjects)
+        if pool == "unlabelled" and len(unlabelled):
+            rows, note = unlabelled, f"{len(unlabelled)} unlabelled volumes"
+        elif pool == "unlabelled":
+            rows = labelled_non_test
+            note = (
+                f"the manifest has no unlabelled rows, so pretraining uses the images of the "
+                f"{len(rows)} labelled non-test volumes (without their labels)"
+            )
+        elif pool == "unlabelled+train":
+            rows = np.union1d(unlabelled, labelled_non_test)
+            note = (
+                f"{len(unlabelled)} unlabelled + {len(labelled_non_test)} labelled non-test volumes"
+            )
+        else:
+            raise DataSettingError(
+                f"pretrain.pool must be 'unlabelled' or 'unlabelled+train', got {pool!r}"
+            )
+        check_pretraining_pool(self.splits, table["subject_id"].iloc[rows].unique())
+        return rows, note
+
+    def images(self, rows: np.ndarray) -> Tensor:
+        """``[len(rows), 1, S, S, S]`` float32 volumes."""
+        return self.cohort.images[torch.as_tensor(rows, dtype=torch.long)]
+
+    def labels(self, rows: np.ndarray) -> Tensor:
+        """0/1 labels (long) of labelled rows."""
+        return torch.as_tensor(self.cohort.table["label"].iloc[rows].astype(int).to_numpy())
+
+    def subjects_fingerprint(self, rows: np.ndarray) -> str:
+        """Identifies exactly which volumes a unit used (part of its config hash)."""
+        table = self.cohort.table.iloc[np.sort(rows)]
+        keys = (table["subject_id"].astype(str) + "/" + table["side"].astype(str)).tolist()
+        return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def phantom_manifest(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> Path:
+    """Generate the profile's phantom cohort under ``OUT/data/phantom`` unless it is there."""
+    folder = out / "data" / "phantom"
+    settings = OmegaConf.to_container(cfg.phantom, resolve=True)
+    stamp = folder / "ssl3d_settings.json"
+    manifest = folder / "manifest.csv"
+    if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings:
+        return manifest
+    log(
+        f"generating the phantom cohort ({settings['labelled']} labelled + "
+        f"{settings['unlabelled']} unlabelled subjects, {settings['size']}^3) in {folder}"
+    )
+    manifest = generate_phantom(
+        folder,
+        labelled=settings["labelled"],
+        unlabelled=settings["unlabelled"],
+        size=settings["size"],
+        seed=settings["seed"],
+        prevalence=settings["prevalence"],
+        difficulty=settings["difficulty"],
+        layout=settings["layout"],
+        workers=cfg.data.workers,
+    )
+    stamp.write_text(json.dumps(settings, indent=2))
+    return manifest
+
+
+def preprocessing(cfg: DictConfig) -> Preprocessing:
+    """The loader settings of ``data`` (part of the cohort cache key)."""
+    low, high = cfg.data.clip_percentiles
+    return Preprocessing(
+        size=int(cfg.data.size),
+        crop=int(cfg.data.crop),
+        clip_percentiles=(float(low), float(high)),
+        mirror_right=bool(cfg.data.mirror_right),
+    )
+
+
+def cohort_fingerprint(cohort: Cohort) -> str:
+    """SHA-256 over the preprocessed volumes and their table: identifies the data of a run."""
+    digest = hashlib.sha256()
+    digest.update(cohort.images.numpy().tobytes())
+    columns = [c for c in ("subject_id", "side", "label", "pathology") if c in cohort.table]
+    digest.update(cohort.table[columns].to_csv(index=False).encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> RunData:
+    """Load (or generate) the cohort, make or read the splits, and fingerprint both."""
+    manifest = Path(cfg.data.manifest) if cfg.data.manifest else phantom_manifest(cfg, out, log)
+    cohort = load_cohort(
+        manifest,
+        preprocessing(cfg),
+        cache_dir=cfg.data.cache_dir,
+        workers=cfg.data.workers,
+        on_bad_rows=cfg.data.on_bad_rows,
+        log=log,
+    )
+    if cfg.data.splits:
+        splits = read_splits(cfg.data.splits)
+        _check_split_subjects(splits, cohort, Path(cfg.data.splits))
+    else:
+        labelled = cohort.table[cohort.table["label"].notna()]
+        splits = make_splits(
+            labelled,
+            test=float(cfg.splits.test),
+            folds=int(cfg.splits.folds),
+            seeds=tuple(cfg.splits.seeds),
+            fractions=tuple(cfg.splits.fractions),
+            test_seed=int(cfg.splits.test_seed),
+        )
+    write_splits(splits, out / "data" / "splits.csv")
+    return RunData(manifest, cohort, splits, cohort_fingerprint(cohort))
+
+
+def _check_split_subjects(splits: pd.DataFrame, cohort: Cohort, path: Path) -> None:
+    labelled = set(cohort.table.loc[cohort.table["label"].notna(), "subject_id"])
+    unknown = sorted(set(splits["subject_id"]) - labelled)
+    if unknown:
+        raise DataSettingError(
+            f"{path}: {len(unknown)} subject(s) are not labelled subjects of the manifest "
+            f"(first: {', '.join(unknown[:5])}); make the split file from this manifest with "
+            "`ssl3d data splits MANIFEST --out FILE`"
+        )

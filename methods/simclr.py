@@ -1,0 +1,44 @@
+"""SimCLR on the shared 3D ResNet18."""
+
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from torch import Tensor
+
+from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.registry import register_method
+
+
+@register_method("simclr")
+class SimCLR(SSLMethod):
+    """SimCLR: two augmented views of a volume attract, every other volume repels (NT-Xent).
+
+    Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
+    ICML 2020. Projector 512-512-512 and temperature 0.07 as in Bhattacharya et al. 2024.
+    """
+
+    reference = "Chen et al., ICML 2020 (arXiv:2002.05709)"
+
+    def __init__(self, backbone, settings, training):
+        super().__init__(backbone, settings, training)
+        self.projection = SimCLRProjectionHead(
+            backbone.feature_dim, settings.projection_hidden_dim, settings.projection_output_dim
+        )
+        self.criterion = NTXentLoss(temperature=settings.temperature, gather_distributed=True)
+
+    def check_settings(self, batch_size: int) -> None:
+        if batch_size < 2:
+            raise MethodConfigError(
+                f"simclr needs at least 2 volumes per batch for negatives, got {batch_size}; "
+                "raise method.simclr.pretrain.batch_size or add unlabelled volumes"
+            )
+
+    def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images = batch["image"]
+        first, _ = self.augment(images)
+        second, _ = self.augment(images)
+        z_first = self.projection(self.backbone(first))
+        z_second = self.projection(self.backbone(second))
+        return {
+            "loss": self.criterion(z_first, z_second),
+            "embedding_std": self.embedding_std(z_first),
+        }
