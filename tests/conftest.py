@@ -2,8 +2,8 @@
 
 `cohort_factory(...)` writes head volumes with a left and a right "sinus" each (a dark box in
 noisy tissue; an anomalous sinus holds a bright lesion, which its mask marks), and a manifest
-listing both sinuses of every subject by centroid. The volumes are 24 x 16 x 16 voxels, so
-tests stay fast.
+listing both sinuses of every subject by centroid. Use `SMALL` as the preprocessing for them:
+the volumes are 24 x 16 x 16 voxels and the crop is 9, so tests stay fast.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from benchmark.datasets.volumes import Preprocessing
 
+SMALL = Preprocessing(size=8, crop=9)
 HEAD_SHAPE = (24, 16, 16)
 # Canonical (RAS+) voxel centroids: the subject's left is low x, the right mirrors it.
 LEFT_CENTROID = (6, 8, 8)
