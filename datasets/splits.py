@@ -189,10 +189,11 @@ def _smallest_fractions(ordered: pd.DataFrame, fractions: list[float], where: st
                 if len(usable)
                 else ""
             )
+            lacking = "anomalous" if anomalous[count - 1] == 0 else "normal"
             raise SplitError(
                 f"{where}, fraction {fraction:g}: the training set would have {count} of "
-                f"{len(ordered)} subjects and no {'anomalous' if anomalous[count - 1] == 0 else 'normal'} "
-                f"sinus.{need} Use a larger smallest fraction or more labelled subjects."
+                f"{len(ordered)} subjects and no {lacking} sinus.{need} Use a larger smallest "
+                "fraction or more labelled subjects."
             )
         smallest[:count] = fraction
     return smallest.tolist()
