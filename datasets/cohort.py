@@ -102,7 +102,7 @@ def cache_key(manifest: Manifest, preprocessing: Preprocessing) -> str:
     """A hash of everything a cached cohort depends on (see the module docstring)."""
     table = manifest.table[TENSOR_COLUMNS]
     files = [file for column in ("image", "mask") for file in table[column] if file]
-    stamps = {file: [os.stat(file).st_size, os.stat(file).st_mtime_ns] for file in files}
+    stamps = {file: _stamp(os.stat(file)) for file in files}
     content = {
         "format": CACHE_FORMAT,
         "preprocessing": asdict(preprocessing),
@@ -110,6 +110,10 @@ def cache_key(manifest: Manifest, preprocessing: Preprocessing) -> str:
         "stamps": stamps,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _stamp(status: os.stat_result) -> list[int]:
+    return [status.st_size, status.st_mtime_ns]
 
 
 def _preprocess(manifest: Manifest, preprocessing: Preprocessing, workers: int) -> dict:

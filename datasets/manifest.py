@@ -91,7 +91,7 @@ def read_manifest(path: str | Path, on_bad_rows: str = "error") -> Manifest:
 
     With `on_bad_rows="error"` any problem raises a `ManifestError` listing all of them; with
     `"exclude"` the rows at fault are left out and listed in `Manifest.excluded`. Problems of
-    the whole file (unreadable, required columns missing) always raise. Of duplicated rows the
+    the whole file (unreadable, required columns missing, a column named `row`) always raise. Of duplicated rows the
     first is kept and the others are excluded; rows that give one sinus conflicting labels are
     all excluded, since there is no telling which one is right.
     """
@@ -159,6 +159,10 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             Problem(path, 1, name, "only some centroid columns exist", "Add all three or none.")
             for name in partial
         ]
+    if "row" in header:
+        problems.append(
+            Problem(path, 1, "row", "the name is reserved for the CSV line", "Rename the column.")
+        )
     repeated = sorted({name for name in header if header.count(name) > 1})
     problems += [
         Problem(path, 1, name, "column appears more than once", "Keep one.") for name in repeated

@@ -36,6 +36,9 @@ class Preprocessing:
     mirror_right: bool = True
 
     def __post_init__(self):
+        # Plain types, so that settings from a YAML list or integers give the same cache key.
+        object.__setattr__(self, "clip_percentiles", tuple(map(float, self.clip_percentiles)))
+        object.__setattr__(self, "mirror_right", bool(self.mirror_right))
         if self.size < 1 or self.crop < 1:
             raise ValueError(f"size and crop must be positive, not {self.size} and {self.crop}")
         low, high = self.clip_percentiles

@@ -54,6 +54,7 @@ def test_cache_key_follows_settings_and_files(cohort_factory):
     manifest = read_manifest(cohort.manifest)
     key = cache_key(manifest, SMALL)
     assert cache_key(manifest, SMALL) == key
+    assert cache_key(manifest, Preprocessing(size=8, crop=9, clip_percentiles=[1, 99])) == key
     assert cache_key(manifest, Preprocessing(size=8, crop=9, mirror_right=False)) != key
     rows = [dict(row) for row in cohort.rows]
     rows[0]["label"] = "1"  # labels do not change the tensors

@@ -105,6 +105,13 @@ def test_missing_required_columns(cohort_factory):
     ]
 
 
+def test_reserved_column_name(cohort_factory):
+    cohort = cohort_factory(subjects=1)
+    write_manifest(cohort.manifest, [{**row, "row": "1"} for row in cohort.rows])
+    with pytest.raises(ManifestError, match="line 1, column 'row': the name is reserved"):
+        read_manifest(cohort.manifest)
+
+
 def test_missing_manifest(tmp_path):
     with pytest.raises(ManifestError, match="the manifest does not exist"):
         read_manifest(tmp_path / "absent.csv")
