@@ -24,6 +24,7 @@ from benchmark.backbone import ResNet18, load_encoder, stage_widths
 from benchmark.batches import TensorBatches, batch_loader
 from benchmark.datasets.views import Views
 from benchmark.metrics import best_f1_threshold, classification_metrics
+from benchmark.randomness import SeededStream
 from benchmark.results import Cell
 from benchmark.rundata import RunData
 from benchmark.runtime import make_trainer, prepare_module
@@ -35,7 +36,7 @@ def class_weights(labels: Tensor) -> Tensor:
     return len(labels) / (2 * counts.clamp_min(1))
 
 
-class Classifier(pl.LightningModule):
+class Classifier(SeededStream):
     """Backbone + head (feature -> hidden -> ReLU -> 2), trained end to end."""
 
     def __init__(self, backbone: ResNet18, settings: DictConfig, weights: Tensor, seed: int):
@@ -49,17 +50,13 @@ class Classifier(pl.LightningModule):
         self.register_buffer("weights", weights)
         self.settings = settings
         self.views = Views.from_config(settings.get("views"))
-        self.seed = seed
-        self.generator: torch.Generator | None = None
+        self.stream_seed = seed
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.backbone(images))
 
-    def on_fit_start(self) -> None:
-        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
-
     def training_step(self, batch: dict[str, Tensor], batch_index: int) -> Tensor:
-        images, _ = self.views(batch["image"], generator=self.generator)
+        images, _ = self.views(batch["image"], generator=self.rng)
         loss = F.cross_entropy(self(images), batch["label"], weight=self.weights)
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(images))
         return loss

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from lightly.models.utils import get_weight_decay_parameters
@@ -34,6 +33,7 @@ from torch import Tensor
 from benchmark.backbone import ResNet18
 from benchmark.datasets.views import Views
 from benchmark.errors import UserError
+from benchmark.randomness import SeededStream
 
 if TYPE_CHECKING:
     from benchmark.pretrain import PretrainingContext
@@ -47,7 +47,7 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the unit fails with this record."""
 
 
-class SSLMethod(pl.LightningModule):
+class SSLMethod(SeededStream):
     """A self-supervised method on the shared 3D ResNet18.
 
     Subclasses implement ``pretraining_loss``; they may override ``prepare`` (cached stages
@@ -72,8 +72,7 @@ class SSLMethod(pl.LightningModule):
         self.settings = settings
         self.training_settings = training
         self.views = Views.from_config(settings.get("views"))
-        self._train_rng: torch.Generator | None = None
-        self._rng_state_to_restore: Tensor | None = None
+        self.stream_seed = int(training.seed)
         self._saw_nonfinite_loss: Tensor | None = None
 
     @classmethod
@@ -104,15 +103,6 @@ class SSLMethod(pl.LightningModule):
 
     # ---- helpers for methods -------------------------------------------------------------
 
-    @property
-    def rng(self) -> torch.Generator:
-        """The random stream of this step: seeded, resumable in training, fixed in validation."""
-        if self.training:
-            if self._train_rng is None:
-                self._train_rng = self._seeded_generator(int(self.training_settings.seed))
-            return self._train_rng
-        return self._validation_rng
-
     def augment(
         self, images: Tensor, targets: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
@@ -127,21 +117,9 @@ class SSLMethod(pl.LightningModule):
 
     # ---- plumbing ------------------------------------------------------------------------
 
-    def _seeded_generator(self, seed: int) -> torch.Generator:
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed)
-        return generator
-
     def on_fit_start(self) -> None:
-        self._train_rng = self._seeded_generator(int(self.training_settings.seed))
-        if self._rng_state_to_restore is not None:
-            self._train_rng.set_state(self._rng_state_to_restore)
-            self._rng_state_to_restore = None
+        super().on_fit_start()
         self._saw_nonfinite_loss = torch.zeros((), dtype=torch.bool, device=self.device)
-
-    def on_validation_epoch_start(self) -> None:
-        # The same views every epoch, so validation losses are comparable across epochs.
-        self._validation_rng = self._seeded_generator(int(self.training_settings.seed) + 1)
 
     def _log_losses(self, losses: dict[str, Tensor], stage: str, batch_size: int) -> None:
         for key, value in losses.items():
@@ -171,12 +149,6 @@ class SSLMethod(pl.LightningModule):
                 f"{self.name}: the pretraining loss became NaN or infinite in epoch "
                 f"{self.current_epoch}; lower pretrain.lr or check the input data"
             )
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ssl3d_rng_state"] = self._train_rng.get_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_state_to_restore = checkpoint.get("ssl3d_rng_state")
 
     def configure_optimizers(self):
         """The configured optimiser, linear warm-up then cosine decay per optimiser step.

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from benchmark.datasets.cohort import Cohort, load_cohort
+from benchmark.datasets.manifest import read_manifest
 from benchmark.datasets.phantom import generate_phantom
 from benchmark.datasets.splits import (
     check_pretraining_pool,
@@ -162,13 +163,14 @@ def prepare_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> RunD
     """Load (or generate) the cohort, make or read the splits, and fingerprint both."""
     manifest = Path(cfg.data.manifest) if cfg.data.manifest else phantom_manifest(cfg, out, log)
     cohort = load_cohort(
-        manifest,
+        read_manifest(manifest, on_bad_rows=cfg.data.on_bad_rows),
         preprocessing(cfg),
         cache_dir=cfg.data.cache_dir,
         workers=cfg.data.workers,
-        on_bad_rows=cfg.data.on_bad_rows,
-        log=log,
     )
+    log(f"cohort {manifest}: {len(cohort)} volumes of {cfg.data.size}^3")
+    for problem in cohort.excluded:
+        log(f"excluded: {problem}")
     if cfg.data.splits:
         splits = read_splits(cfg.data.splits)
         _check_split_subjects(splits, cohort, Path(cfg.data.splits))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.errors import UserError
+
 REQUIRED_COLUMNS = ("subject_id", "image", "label")
 CENTROID_COLUMNS = ("centroid_x", "centroid_y", "centroid_z")
 OPTIONAL_COLUMNS = ("side", "pathology", *CENTROID_COLUMNS, "mask")
@@ -51,7 +53,7 @@ class Problem:
         return f"{place}: {self.message}. {self.fix}"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest (or a file it lists) that cannot be used; `problems` lists every problem."""
 
     def __init__(self, problems: list[Problem]):

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.errors import UserError
+
 SPLIT_COLUMNS = ["seed", "fold", "subject_id", "partition", "fraction"]
 PARTITIONS = ("test", "val", "train")
 PAPER_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -36,11 +38,11 @@ PAPER_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 TEST_STREAM, FOLD_STREAM, FRACTION_STREAM = 0, 1, 2
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """Splits that cannot be made or read; the message says where and what to do."""
 
 
-class LeakError(RuntimeError):
+class LeakError(UserError, RuntimeError):
     """A test subject is in the pretraining pool."""
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark.errors import UserError
+
 from .manifest import CENTROID_COLUMNS
 
 
@@ -48,7 +50,7 @@ class Preprocessing:
             )
 
 
-class VolumeError(ValueError):
+class VolumeError(UserError, ValueError):
     """A volume that cannot be used: names the file, the manifest line and the column."""
 
     def __init__(self, path: str | Path, message: str, fix: str, row: int | None, column: str):
