@@ -46,7 +46,8 @@ class NoSingletonBatches(BatchSampler):
     def __iter__(self) -> Iterator[list[int]]:
         batches = list(super().__iter__())
         if len(batches) > 1 and len(batches[-1]) == 1:
-            batches[-2] = batches[-2] + batches.pop()
+            last = batches.pop()
+            batches[-1] = batches[-1] + last
         return iter(batches)
 
     def __len__(self) -> int:

@@ -69,9 +69,12 @@ def base_config() -> DictConfig:
                 f"{path}: unknown pretraining setting(s) {sorted(unknown)} under `pretrain`; "
                 f"known: {sorted(base.pretrain)}"
             )
+        section.pretrain = section.get("pretrain") or {}
         base.method[name] = section
     OmegaConf.set_struct(base, True)
     _open_view_sections(base)
+    for name in base.method:
+        OmegaConf.set_struct(base.method[name].pretrain, False)
     return base
 
 
@@ -84,6 +87,14 @@ def _open_view_sections(node: DictConfig) -> None:
                 OmegaConf.set_struct(child, False)
             else:
                 _open_view_sections(child)
+
+
+def _global_default(key: str) -> str | None:
+    """``method.<name>.pretrain.<k>`` is checked against the global ``pretrain.<k>``."""
+    parts = key.split(".")
+    if len(parts) == 4 and parts[0] == "method" and parts[2] == "pretrain":
+        return f"pretrain.{parts[3]}"
+    return None
 
 
 def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
@@ -134,7 +145,7 @@ def _merge(base: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
     for key, value in _leaves(layer):
         if _is_view_setting(key):
             continue
-        default = OmegaConf.select(base, key, default=missing)
+        default = OmegaConf.select(base, _global_default(key) or key, default=missing)
         if default is missing:
             raise _explain_unknown_key(base, key, origin)
         if not _same_kind(default, value):

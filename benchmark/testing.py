@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 
 from benchmark.batches import TensorBatches, batch_loader
 from benchmark.config import load_config, pretraining_settings
+from benchmark.method import SSLMethod
 from benchmark.pretrain import PretrainingContext, build_method, pretraining_units
 from benchmark.rundata import RunData, prepare_data
 from benchmark.runtime import make_trainer, prepare_module, resolve_device
@@ -37,8 +39,25 @@ class _StepLosses(pl.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+@dataclass
+class BriefPretraining:
+    """A method module after a few steps, the loss of each step, and the data it saw."""
+
+    module: SSLMethod
+    losses: list[float]
+    data: RunData
+
+
 def pretraining_losses(method: str, steps: int = 30, overrides: Sequence[str] = ()) -> list[float]:
     """The loss of each of ``steps`` pretraining steps of ``method`` on the smoke phantom."""
+    return pretrain_briefly(method, steps, overrides).losses
+
+
+def pretrain_briefly(
+    method: str, steps: int = 30, overrides: Sequence[str] = ()
+) -> BriefPretraining:
+    """Pretrain ``method`` for ``steps`` optimiser steps on the smoke phantom (real code path:
+    its ``prepare`` stages, its optimiser and schedule, its Lightning hooks)."""
     cfg, data, out = smoke_data(tuple(overrides))
     cfg = load_config("smoke", overrides, methods=[method])
     settings = pretraining_settings(cfg, method)
