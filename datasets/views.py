@@ -366,7 +366,9 @@ def draw_view_parameters(
     max_shift = settings.max_translation
     shift = torch.where(affine, uniform("shift", (-max_shift, max_shift)), 0.0)
 
-    def intensity(operation: str, name: str, value_range: tuple[float, float], neutral: float):
+    def intensity(
+        operation: str, name: str, value_range: tuple[float, float], neutral: float
+    ) -> Tensor:  # [B]
         return torch.where(applied(operation), uniform(name, value_range), neutral)[:, 0]
 
     return ViewParameters(
