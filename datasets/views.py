@@ -115,7 +115,10 @@ class ViewSettings:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, Sequence) and not isinstance(value, str):
+            is_list = isinstance(value, Sequence) and not isinstance(value, str)
+            if isinstance(field.default, tuple) and not is_list:
+                raise ValueError(f"ViewSettings.{field.name} must be a list, got {value!r}")
+            if is_list:
                 object.__setattr__(self, field.name, tuple(value))
         for operation in OPERATIONS:
             _check_number(f"{operation}_probability", getattr(self, f"{operation}_probability"))
@@ -151,8 +154,7 @@ class ViewSettings:
             )
         for choice in self.one_of:
             names = choice.split("+") if isinstance(choice, str) else [choice]
-            unknown = [name for name in names if name not in OPERATIONS]
-            if unknown:
+            if any(name not in OPERATIONS for name in names):
                 raise ValueError(
                     f"ViewSettings.one_of: {choice!r} names no operation from {OPERATIONS}"
                 )
@@ -364,7 +366,9 @@ def draw_view_parameters(
     max_shift = settings.max_translation
     shift = torch.where(affine, uniform("shift", (-max_shift, max_shift)), 0.0)
 
-    def intensity(operation: str, name: str, value_range: tuple[float, float], neutral: float):
+    def intensity(
+        operation: str, name: str, value_range: tuple[float, float], neutral: float
+    ) -> Tensor:  # [B]
         return torch.where(applied(operation), uniform(name, value_range), neutral)[:, 0]
 
     return ViewParameters(
@@ -485,14 +489,12 @@ def apply_affine(
             result[rows] = result[rows].flip(4 - xyz_axis)  # x is W (dim 4), z is D (dim 2)
     rows = torch.nonzero(~is_axis_flip)[:, 0]
     if rows.numel():
-        selected = volumes[rows.to(volumes.device)].float()
-        grid = F.affine_grid(
-            matrices[rows].to(volumes.device, torch.float32),
-            list(selected.shape),
-            align_corners=False,
-        )
+        theta = matrices[rows].to(volumes.device, torch.float32)  # [n, 3, 4]
+        rows = rows.to(volumes.device)
+        selected = volumes[rows].float()  # [n, C, D, H, W]
+        grid = F.affine_grid(theta, list(selected.shape), align_corners=False)  # [n, D, H, W, 3]
         resampled = F.grid_sample(selected, grid, mode, padding_mode, align_corners=False)
-        result[rows.to(volumes.device)] = resampled.to(volumes.dtype)
+        result[rows] = resampled.to(volumes.dtype)
     return result
 
 
@@ -656,6 +658,11 @@ class Views:
     ) -> tuple[Tensor, Tensor | None]:
         """Apply already drawn parameters (e.g. the same spatial transform to several tensors)."""
         _check_batch(images, targets)
+        if parameters.matrices.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"parameters were drawn for {parameters.matrices.shape[0]} samples, "
+                f"got a batch of {images.shape[0]}"
+            )
         padding_mode = self.settings.padding_mode
         views = apply_affine(images.float(), parameters.matrices, "bilinear", padding_mode)
         target_views = None
