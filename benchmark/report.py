@@ -148,6 +148,8 @@ def plot_metric_vs_fraction(
     axis.set_xscale("log")
     fractions = sorted(finished["fraction"].unique())
     axis.set_xticks(fractions, [f"{f:g}" for f in fractions])
+    axis.minorticks_off()
+    axis.set_ylim(top=1.02)
     axis.legend(fontsize=8, ncol=2)
     axis.grid(alpha=0.3)
     figure.tight_layout()

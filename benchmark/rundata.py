@@ -103,7 +103,7 @@ class RunData:
 
     def labels(self, rows: np.ndarray) -> Tensor:
         """0/1 labels (long) of labelled rows."""
-        return torch.as_tensor(self.cohort.table["label"].iloc[rows].astype(int).to_numpy())
+        return torch.tensor(self.cohort.table["label"].iloc[rows].astype(int).to_numpy())
 
     def subjects_fingerprint(self, rows: np.ndarray) -> str:
         """Identifies exactly which volumes a unit used (part of its config hash)."""
