@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping
 from torch import Tensor, nn
 
 from benchmark.backbone import ResNet18, load_encoder, stage_widths
@@ -27,7 +27,7 @@ from benchmark.metrics import best_f1_threshold, classification_metrics
 from benchmark.randomness import SeededStream
 from benchmark.results import Cell
 from benchmark.rundata import RunData
-from benchmark.runtime import make_trainer, prepare_module
+from benchmark.runtime import epoch_checkpoints, make_trainer, prepare_module
 
 
 def class_weights(labels: Tensor) -> Tensor:
@@ -130,9 +130,7 @@ def run_finetune(
         seed,
         shuffle=False,
     )
-    checkpoint = ModelCheckpoint(
-        dirpath=workdir, save_last=True, monitor="val_loss", filename="best"
-    )
+    checkpoint = epoch_checkpoints(workdir, "val_loss")
     trainer = make_trainer(
         cfg.runtime,
         workdir,

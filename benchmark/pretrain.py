@@ -26,7 +26,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping
 
 from benchmark.backbone import ResNet18, save_encoder, stage_widths
 from benchmark.batches import TensorBatches, batch_loader
@@ -35,7 +35,13 @@ from benchmark.method import SSLMethod
 from benchmark.registry import get_method
 from benchmark.results import read_json, versions, write_json_atomic
 from benchmark.rundata import RunData
-from benchmark.runtime import apply_threads, make_trainer, prepare_module, resolve_device
+from benchmark.runtime import (
+    apply_threads,
+    epoch_checkpoints,
+    make_trainer,
+    prepare_module,
+    resolve_device,
+)
 
 
 @dataclass(frozen=True)
@@ -179,7 +185,8 @@ class LossTable(pl.Callback):
         self.path = path
         self.started = time.perf_counter()
 
-    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # After Lightning restored the loop state, current_epoch is the epoch to run next.
         if self.path.exists():
             with self.path.open() as handle:
                 kept = [
@@ -271,13 +278,7 @@ def run_pretraining(
     checkpoints = unit.directory / "checkpoints"
     validate = len(val_rows) > 0
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(
-            dirpath=checkpoints,
-            save_last=True,
-            save_top_k=1 if validate else 0,
-            monitor="val_loss" if validate else None,
-            filename="best",
-        ),
+        epoch_checkpoints(checkpoints, "val_loss" if validate else None),
         LossTable(unit.directory / "losses.csv"),
     ]
     if validate and int(settings.patience) > 0:

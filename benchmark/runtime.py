@@ -78,6 +78,22 @@ def show_progress(runtime: DictConfig) -> bool:
     return bool(runtime.progress_bar)
 
 
+def epoch_checkpoints(directory: Path, monitor: str | None) -> ModelCheckpoint:
+    """``last.ckpt`` after every epoch (for resume) and ``best.ckpt`` by ``monitor``.
+
+    Saved at the very end of each training epoch, after validation and after the loss table's
+    row is written, so a run killed at any moment resumes at a consistent epoch boundary.
+    """
+    return ModelCheckpoint(
+        dirpath=directory,
+        filename="best",
+        save_last=True,
+        save_top_k=1 if monitor else 0,
+        monitor=monitor,
+        save_on_train_epoch_end=True,
+    )
+
+
 def make_trainer(
     runtime: DictConfig,
     checkpoint_dir: Path,
