@@ -164,6 +164,7 @@ class SSLMethod(SeededStream):
         ]
         optimizer = build_optimizer(settings.optimizer, groups, settings)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        self.trainer.fit_loop.setup_data()  # so num_training_batches is known in step-bounded runs
         steps_per_epoch = max(1, int(self.trainer.num_training_batches))
         warmup_steps = min(total_steps - 1, int(settings.warmup_epochs) * steps_per_epoch)
         schedule = CosineWarmupScheduler(

@@ -20,6 +20,7 @@ for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*is a non-tensor.*")
+warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
 # Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit; not ours to fix.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 

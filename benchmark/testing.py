@@ -12,9 +12,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.preprocessing import StandardScaler
+from torch import Tensor
 
+from benchmark.backbone import ResNet18
 from benchmark.batches import TensorBatches, batch_loader
 from benchmark.config import load_config, pretraining_settings
 from benchmark.method import SSLMethod
@@ -83,4 +90,32 @@ def pretrain_briefly(
     trainer.fit(
         module, batch_loader(TensorBatches(image=data.images(rows)), int(settings.batch_size), 0)
     )
-    return recorder.losses
+    return BriefPretraining(module, recorder.losses, data)
+
+
+@torch.no_grad()
+def encoder_features(encoder: ResNet18, images: Tensor, batch_size: int = 32) -> Tensor:
+    """Pooled features ``[N, feature_dim]`` of volumes, in evaluation mode, on the CPU."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    batches = [images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size)]
+    return torch.cat([encoder(batch).float().cpu() for batch in batches])
+
+
+def probe_auprc(encoder: ResNet18, data: RunData, seed: int = 0, fold: int = 0) -> float:
+    """Test AUPRC of a logistic-regression probe on frozen features (train + val -> test).
+
+    An easy check that pretraining learned something: a pretrained encoder should beat a
+    randomly initialised one on the phantom labels.
+    """
+    fit_rows = np.concatenate(
+        [data.partition_rows(seed, fold, "train"), data.partition_rows(seed, fold, "val")]
+    )
+    test_rows = data.partition_rows(seed, fold, "test")
+    fit_features = encoder_features(encoder, data.images(fit_rows)).numpy()
+    test_features = encoder_features(encoder, data.images(test_rows)).numpy()
+    scaler = StandardScaler().fit(fit_features)
+    probe = LogisticRegression(C=0.1, max_iter=5000)
+    probe.fit(scaler.transform(fit_features), data.labels(fit_rows).numpy())
+    scores = probe.predict_proba(scaler.transform(test_features))[:, 1]
+    return float(average_precision_score(data.labels(test_rows).numpy(), scores))
