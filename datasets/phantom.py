@@ -135,8 +135,11 @@ def sample_head(
     nominal: list[np.ndarray],
 ) -> Head:
     """Random anatomy, variants, findings and acquisition of one subject."""
-    semi_axes = np.array([rng.normal(14, 1.5), rng.normal(17, 1.8), rng.normal(17, 2.0)])
-    semi_axes = np.clip(semi_axes, 9, 22)
+    # Sinus volume varies several-fold between healthy adults: a common size factor per subject,
+    # then per-axis shape variation, so the amount of air alone does not tell the label.
+    overall = rng.lognormal(0, 0.18)
+    semi_axes = overall * np.array([rng.normal(14, 1.5), rng.normal(17, 1.8), rng.normal(17, 2.0)])
+    semi_axes = np.clip(semi_axes, 8, 24)
     pose = _rotation(rng, 5)
     shift = rng.normal(0, 2.0, 3)
     hypoplastic_side = rng.integers(2) if rng.random() < 0.05 + 0.15 * difficulty else None
