@@ -9,6 +9,7 @@
     ssl3d data splits MANIFEST --out splits.csv
     ssl3d data check MANIFEST
     ssl3d data show MANIFEST --out FILE.png
+    ssl3d perf [--profile P] [--methods a,b] [--device cpu|cuda] [--json FILE] [--estimate]
 
 Problems with the user's input print one clear ``error:`` line and exit with status 2.
 """
@@ -154,6 +155,25 @@ def command_data_show(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def command_perf(args: argparse.Namespace) -> None:
+    from benchmark.perf import run_perf
+
+    print(
+        run_perf(
+            args.profile,
+            _comma_list(args.methods) if args.methods else None,
+            args.device,
+            list(args.overrides),
+            steps=args.steps,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            json_path=Path(args.json) if args.json else None,
+            estimate=args.estimate,
+            cache=Path(args.cache),
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssl3d", description="Benchmark self-supervised pretraining on 3D volumes."
@@ -178,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("out", help="a run folder")
     report.add_argument("--metric", default="auprc", choices=["auprc", "auroc", "f1"])
     report.set_defaults(handler=command_report)
+
+    perf = commands.add_parser("perf", help="measure pretraining throughput of every method")
+    _add_settings_arguments(perf)
+    perf.add_argument("--methods", help="comma-separated method names (default: all)")
+    perf.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    perf.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    perf.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    perf.add_argument("--repeats", type=int, default=3, help="medians over this many chunks")
+    perf.add_argument("--json", help="also write the measurements to this JSON file")
+    perf.add_argument("--estimate", action="store_true", help="estimate the paper grid's wall time")
+    perf.add_argument("--cache", default="results/perf", help="where the perf phantom is kept")
+    perf.set_defaults(handler=command_perf)
 
     methods = commands.add_parser("methods", help="list the registered SSL methods")
     methods.set_defaults(handler=command_methods)

@@ -1,0 +1,403 @@
+"""``ssl3d perf``: pretraining throughput of every method, measured, not assumed.
+
+For each method, at the profile's volume size and batch size, on ``--device``:
+
+* ``volumes_per_s``: the real path — the in-memory cohort tensor (resident on the GPU when it
+  fits), batched gathers, views made on the device inside the step, the Lightning loop;
+* ``volumes_per_s_compute_only``: the same steps on one ready-made batch whose views were
+  computed once, so only the model's forward/backward/optimiser step remains;
+* ``data_overhead`` = 1 - real / compute-only (target: at most 5 % on CUDA, 10 % on CPU);
+* ``default_volumes_per_s``: the same model in default settings (channels-first, fp32, a
+  per-sample DataLoader) and ``speedup`` over it (target on the CPU: at least 2x);
+* ``peak_mem_mb``; on CUDA ``tflops`` (counted with ``torch.utils.flop_counter``) and ``mfu``
+  as a fraction of the device's dense bf16 peak (target on an H100: at least 35 %).
+
+Warm-up steps are excluded and each number is the median over repeats. ``--estimate`` turns the
+measured step costs into a wall-time estimate of the full ``paper`` grid on one device.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmark.backbone import ResNet18, stage_widths
+from benchmark.batches import TensorBatches, batch_loader
+from benchmark.config import load_config, pretraining_settings
+from benchmark.datasets.cohort import load_cohort
+from benchmark.datasets.phantom import generate_phantom
+from benchmark.finetune import Classifier, class_weights
+from benchmark.pretrain import build_method
+from benchmark.registry import get_method
+from benchmark.rundata import preprocessing
+from benchmark.runtime import apply_threads, make_trainer, prepare_module, resolve_device
+
+# Dense bf16 tensor-core peaks (TFLOP/s) by device name, from the vendors' data sheets.
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+}
+
+
+@dataclass
+class Throughput:
+    """One method's measured pretraining throughput (the fields of ``--json``)."""
+
+    method: str
+    device: str
+    size: int
+    batch: int
+    volumes_per_s: float
+    volumes_per_s_compute_only: float
+    data_overhead: float
+    peak_mem_mb: float
+    tflops: float | None
+    mfu: float | None
+    default_volumes_per_s: float | None
+    speedup: float | None
+    seconds_per_step: float
+
+
+class StepTimer(pl.Callback):
+    """Wall time of every training step (synchronising the GPU only here, to measure)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._started = 0.0
+
+    def _sync(self, module: pl.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
+        self._sync(module)
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
+        self._sync(module)
+        self.times.append(time.perf_counter() - self._started)
+
+
+class ReplayedViews:
+    """Stands in for a method's views: the first calls are computed, later calls replay them,
+    so a compute-only measurement contains no view generation."""
+
+    def __init__(self, views):
+        self.views, self.outputs, self.calls = views, [], 0
+        self.recording = True
+
+    def __call__(self, images: Tensor, targets: Tensor | None = None, generator=None):
+        if self.recording:
+            self.outputs.append(self.views(images, targets, generator))
+            return self.outputs[-1]
+        output = self.outputs[self.calls % len(self.outputs)]
+        self.calls += 1
+        return output
+
+
+class RepeatedBatch:
+    """One ready-made batch, ``steps`` times: a loader with nothing left to load."""
+
+    def __init__(self, batch: dict[str, Tensor], steps: int):
+        self.batch, self.steps = batch, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return iter([self.batch] * self.steps)
+
+
+class _PerSampleVolumes(Dataset):
+    """The default-settings baseline: one volume per item, stacked by the default collate."""
+
+    def __init__(self, images: Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"image": self.images[index], "index": torch.tensor(index)}
+
+
+def perf_images(cfg: DictConfig, cache: Path, count: int) -> Tensor:
+    """``count`` phantom volumes at the profile's size (generated once under ``cache``)."""
+    folder = cache / f"phantom-{cfg.phantom.size}-{count}"
+    manifest = folder / "manifest.csv"
+    if not manifest.exists():
+        manifest = generate_phantom(
+            folder,
+            labelled=0,
+            unlabelled=(count + 1) // 2,
+            size=int(cfg.phantom.size),
+            seed=0,
+            workers=cfg.data.workers,
+        )
+    return load_cohort(manifest, preprocessing(cfg), workers=cfg.data.workers).images[:count]
+
+
+def _fit_steps(cfg: DictConfig, method: str, loader, steps: int, views=None, runtime=None):
+    runtime = runtime or cfg.runtime
+    pl.seed_everything(0, verbose=False)
+    module = build_method(cfg, method)
+    if views is not None:
+        module.views = views
+    prepare_module(module, runtime)
+    timer = StepTimer()
+    trainer = make_trainer(
+        runtime,
+        Path("/tmp/ssl3d-perf"),
+        max_epochs=-1,
+        callbacks=[timer],
+        max_steps=steps,
+        validate=False,
+    )
+    trainer.fit(module, loader)
+    return module, timer.times
+
+
+def _median_rate(times: list[float], warmup: int, repeats: int, batch: int) -> tuple[float, float]:
+    """Median over ``repeats`` equal chunks (after ``warmup`` steps) of volumes/s and s/step."""
+    measured = times[warmup:]
+    chunk = max(1, len(measured) // repeats)
+    per_step = [sum(measured[i : i + chunk]) / chunk for i in range(0, chunk * repeats, chunk)]
+    step = statistics.median(per_step)
+    return batch / step, step
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _step_flops(module, batch: dict[str, Tensor]) -> float:
+    """FLOPs of one training step's forward and backward (the optimiser step is negligible)."""
+    module.train()
+    with FlopCounterMode(display=False) as counter:
+        module.pretraining_loss(batch)["loss"].backward()
+    module.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def _bf16_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def measure_method(
+    cfg: DictConfig,
+    method: str,
+    images: Tensor,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    baseline: bool,
+) -> Throughput:
+    """Real path, compute-only path and (optionally) the default-settings baseline."""
+    device = resolve_device(cfg.runtime)
+    batch = int(pretraining_settings(cfg, method).batch_size)
+    on_device = images.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    real_loader = batch_loader(TensorBatches(image=on_device), batch, seed=0)
+    module, times = _fit_steps(cfg, method, real_loader, warmup + steps)
+    rate, step_seconds = _median_rate(times, warmup, repeats, batch)
+    peak = _peak_memory_mb(device)
+
+    fixed = {"image": on_device[:batch], "index": torch.arange(batch, device=device)}
+    replay = ReplayedViews(module.views)
+    recorder, _ = _fit_steps(cfg, method, RepeatedBatch(fixed, 2), 2, views=replay)
+    replay.recording = False
+    loader = RepeatedBatch(fixed, warmup + steps)
+    _, times = _fit_steps(cfg, method, loader, warmup + steps, views=replay)
+    compute_rate, _ = _median_rate(times, warmup, repeats, batch)
+
+    tflops = mfu = None
+    if device.type == "cuda":
+        flops = _step_flops(recorder, fixed)
+        tflops = flops * rate / batch / 1e12
+        peak_tflops = _bf16_peak(device)
+        mfu = tflops / peak_tflops if peak_tflops else None
+
+    default_rate = speedup = None
+    if baseline:
+        default_runtime = OmegaConf.merge(cfg.runtime, {"channels_last": False, "precision": "32"})
+        per_sample = DataLoader(
+            _PerSampleVolumes(images), batch_size=batch, shuffle=True, drop_last=True
+        )
+        _, times = _fit_steps(cfg, method, per_sample, warmup + steps, runtime=default_runtime)
+        default_rate, _ = _median_rate(times, warmup, repeats, batch)
+        speedup = rate / default_rate
+    return Throughput(
+        method=method,
+        device=str(device),
+        size=int(cfg.data.size),
+        batch=batch,
+        volumes_per_s=round(rate, 2),
+        volumes_per_s_compute_only=round(compute_rate, 2),
+        data_overhead=round(max(0.0, 1 - rate / compute_rate), 4),
+        peak_mem_mb=round(peak, 1),
+        tflops=None if tflops is None else round(tflops, 2),
+        mfu=None if mfu is None else round(mfu, 4),
+        default_volumes_per_s=None if default_rate is None else round(default_rate, 2),
+        speedup=None if speedup is None else round(speedup, 2),
+        seconds_per_step=round(step_seconds, 4),
+    )
+
+
+def format_table(results: list[Throughput]) -> str:
+    """A Markdown table of the measurements."""
+    columns = [
+        "method",
+        "device",
+        "size",
+        "batch",
+        "volumes_per_s",
+        "volumes_per_s_compute_only",
+        "data_overhead",
+        "default_volumes_per_s",
+        "speedup",
+        "peak_mem_mb",
+        "tflops",
+        "mfu",
+    ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for result in results:
+        values = asdict(result)
+        lines.append(
+            "| " + " | ".join("–" if values[c] is None else str(values[c]) for c in columns) + " |"
+        )
+    return "\n".join(lines)
+
+
+def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float) -> str:
+    """Wall time of the full ``paper`` grid on this device from the measured step costs.
+
+    Assumes every pretraining runs its ``max_epochs`` over the paper pool and every cell its
+    ``max_epochs`` (early stopping only shortens both), one unit at a time.
+    """
+    paper = load_config("paper")
+    pool = 2 * int(paper.phantom.unlabelled) * (1 - float(paper.pretrain.val_fraction))
+    lines, total = [], 0.0
+    for result in results:
+        settings = pretraining_settings(paper, result.method)
+        steps = int(settings.max_epochs) * pool / int(settings.batch_size)
+        hours = steps * int(settings.batch_size) / result.volumes_per_s / 3600
+        total += hours
+        lines.append(
+            f"  {result.method}: pretraining {hours:.1f} h (at most {settings.max_epochs} epochs)"
+        )
+    cells = (
+        len(results)
+        * len(paper.splits.fractions)
+        * int(paper.splits.folds)
+        * len(paper.splits.seeds)
+    )
+    cell_hours = cells * int(paper.finetune.max_epochs) * finetune_epoch_seconds / 3600
+    total += cell_hours
+    lines.append(
+        f"  {cells} fine-tuning cells: {cell_hours:.1f} h (at most {paper.finetune.max_epochs} epochs each)"
+    )
+    return (
+        "Estimated paper-profile grid on this device (upper bound):\n"
+        + "\n".join(lines)
+        + (f"\n  total: {total:.1f} h")
+    )
+
+
+def finetune_epoch_seconds(cfg: DictConfig, images: Tensor, repeats: int) -> float:
+    """Seconds of one fine-tuning epoch over the paper's labelled training fold size."""
+    device = resolve_device(cfg.runtime)
+    paper = load_config("paper")
+    count = int(2 * paper.phantom.labelled * (1 - paper.splits.test) * (1 - 1 / paper.splits.folds))
+    labels = torch.arange(len(images)) % 2
+    model = Classifier(
+        ResNet18(stage_widths(float(cfg.backbone.width_multiplier))),
+        cfg.finetune,
+        class_weights(labels),
+        0,
+    )
+    prepare_module(model, cfg.runtime)
+    loader = batch_loader(
+        TensorBatches(image=images.to(device), label=labels.to(device)),
+        int(cfg.finetune.batch_size),
+        seed=0,
+    )
+    timer = StepTimer()
+    trainer = make_trainer(
+        cfg.runtime,
+        Path("/tmp/ssl3d-perf"),
+        max_epochs=repeats + 1,
+        callbacks=[timer],
+        validate=False,
+    )
+    trainer.fit(model, loader)
+    step = statistics.median(timer.times[len(loader) :])
+    return step * count / int(cfg.finetune.batch_size)
+
+
+def run_perf(
+    profile: str | None,
+    methods: list[str] | None,
+    device: str,
+    overrides: list[str],
+    steps: int,
+    warmup: int,
+    repeats: int,
+    json_path: Path | None,
+    estimate: bool,
+    cache: Path,
+) -> str:
+    """Measure every selected method; returns the printed report."""
+    cfg = load_config(profile, [*overrides, f"runtime.device={device}"], methods)
+    apply_threads(cfg.runtime)
+    largest_batch = max(int(pretraining_settings(cfg, m).batch_size) for m in cfg.methods)
+    images = perf_images(cfg, cache, max(2 * largest_batch, 16))
+    baseline = resolve_device(cfg.runtime).type == "cpu"
+    results = [
+        measure_method(cfg, method, images, steps, warmup, repeats, baseline)
+        for method in cfg.methods
+        if get_method(method).needs_pretraining
+    ]
+    report = [
+        f"profile {cfg.profile}, device {device}, {steps} timed steps after {warmup} warm-up",
+        format_table(results),
+    ]
+    epoch_seconds = finetune_epoch_seconds(cfg, images, repeats)
+    report.append(f"fine-tuning: {epoch_seconds:.2f} s per epoch of a paper-sized training fold")
+    if estimate:
+        caveat = (
+            ""
+            if cfg.profile == "paper"
+            else (
+                f"(measured with the {cfg.profile} profile's model and volumes: run with "
+                "--profile paper for an estimate that means something)\n"
+            )
+        )
+        report.append(caveat + estimate_paper_grid(results, epoch_seconds))
+    if json_path:
+        json_path.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    return "\n\n".join(report)
