@@ -131,7 +131,8 @@ def check_one_configuration(records: list[dict[str, Any]], out: Path) -> None:
         ("the cohort", lambda r: "all", lambda r: _config(r, "data", "cohort")),
         ("the test set", lambda r: "all", lambda r: _config(r, "data", "test")),
         ("the settings of protocol '{}'", lambda r: r["protocol"], _protocol_settings),
-        ("the pretraining of '{}'", lambda r: r["method"], _pretraining),
+        ("the pretraining settings of '{}'", lambda r: r["method"], _pretraining_settings),
+        ("the pretraining of {}", _pretraining_unit, lambda r: _config(r, "pretraining")),
     ]
     for what, group_of, value_of in checks:
         groups: dict[Any, dict[str, list[str]]] = {}
@@ -167,11 +168,20 @@ def _protocol_settings(record: dict) -> Any:
     return config.get("protocol", config.get("finetune"))
 
 
-def _pretraining(record: dict) -> Any:
+def _pretraining_settings(record: dict) -> Any:
+    """The method's settings (the same for every unit of a fold-scoped method)."""
     pretraining = _config(record, "pretraining")
     if not isinstance(pretraining, dict):
         return None
-    return {k: v for k, v in pretraining.items() if k not in ("seed", "fold")}
+    return {k: pretraining.get(k) for k in ("settings", "pretrain", "backbone")}
+
+
+def _pretraining_unit(record: dict) -> str:
+    """The pretraining unit a cell starts from: the method, and (seed, fold) if fold-scoped."""
+    pretraining = _config(record, "pretraining") or {}
+    if pretraining.get("fold") is None:
+        return f"'{record['method']}'"
+    return f"'{record['method']}' (seed {pretraining.get('seed')}, fold {pretraining['fold']})"
 
 
 def _describe(values: dict[str, list[str]]) -> str:

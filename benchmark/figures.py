@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import precision_recall_curve  # noqa: E402
 
-from benchmark.summaries import TestSet  # noqa: E402
+from benchmark.summaries import FixedTestSet  # noqa: E402
 
 LABELS = {"auprc": "AUPRC", "auroc": "AUROC", "f1": "F1"}
 RECALL_GRID = np.linspace(0, 1, 201)
@@ -91,7 +91,7 @@ def step_precision(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def draw_pr_curves(
     axis: Axes,
     records: dict[tuple, dict],
-    test_set: TestSet,
+    test_set: FixedTestSet,
     protocol: str,
     fraction: float,
     colours: dict[str, tuple],
@@ -221,7 +221,7 @@ def plot_metric_vs_fraction(
 
 def plot_pr_curves(
     records: dict[tuple, dict],
-    test_set: TestSet,
+    test_set: FixedTestSet,
     protocols: list[str],
     fraction: float,
     colours: dict[str, tuple],

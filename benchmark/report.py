@@ -27,7 +27,7 @@ from benchmark.protocols import PROTOCOLS
 from benchmark.summaries import (
     METRICS,
     Bootstrap,
-    TestSet,
+    FixedTestSet,
     comparisons,
     default_reference,
     entries,
@@ -235,7 +235,7 @@ def write_report(
         notes.append("no reference method (residual or scratch) finished: no paired tests")
     chosen = _chosen_fraction(results.cells, fraction)
     protocols = ordered_protocols(results.done)
-    test_set = TestSet.of(results.records)
+    test_set = FixedTestSet.of(results.records)
     bootstrap = Bootstrap.run(results, test_set, replicates, seed) if test_set else None
     if bootstrap is None:
         notes.append("the cell files hold no predictions: no confidence intervals or PR curves")
@@ -374,7 +374,7 @@ def _summary_page(
     summary: pd.DataFrame,
     tests: pd.DataFrame,
     results: RunResults,
-    test_set: TestSet | None,
+    test_set: FixedTestSet | None,
     pathology: pd.DataFrame,
     localisation: pd.DataFrame,
     losses: dict,

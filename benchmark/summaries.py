@@ -42,7 +42,7 @@ def has_finding(pathologies: pd.Series, finding: str) -> np.ndarray:
 
 
 @dataclass
-class TestSet:
+class FixedTestSet:
     """The test volumes every cell scored, in one fixed order, and their subjects."""
 
     volumes: pd.DataFrame  # subject_id, side, label, pathology
@@ -58,7 +58,7 @@ class TestSet:
         return findings(self.volumes["pathology"])
 
     @classmethod
-    def of(cls, records: dict[tuple, dict]) -> TestSet | None:
+    def of(cls, records: dict[tuple, dict]) -> FixedTestSet | None:
         """The union of the finished cells' test predictions; None when none has any."""
         rows = {}
         for record in records.values():
@@ -103,12 +103,14 @@ def cell_metric(
 class Bootstrap:
     """Test-subject resampling shared by every cell of a report, and each cell's replicates."""
 
-    test_set: TestSet
+    test_set: FixedTestSet
     weights: np.ndarray  # [B, V]
     replicates: dict[tuple, dict[str, np.ndarray]]  # cell key -> metric -> [B]
 
     @classmethod
-    def run(cls, results: RunResults, test_set: TestSet, replicates: int, seed: int) -> Bootstrap:
+    def run(
+        cls, results: RunResults, test_set: FixedTestSet, replicates: int, seed: int
+    ) -> Bootstrap:
         draws = subject_draws(test_set.n_subjects, replicates, seed)
         weights = volume_weights(draws, test_set.subject_of_volume)
         labels = test_set.volumes["label"].to_numpy(float)
