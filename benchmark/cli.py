@@ -1,7 +1,8 @@
 """The ``ssl3d`` command (also ``python -m benchmark``).
 
     ssl3d run [--profile P] [--methods a,b] [--data MANIFEST] [--out DIR] [--force] [key=value ...]
-    ssl3d report OUT
+    ssl3d report OUT [--format md|latex|csv] [--metric auprc|auroc|f1] [--reference METHOD]
+                     [--fraction F] [--bootstrap N]
     ssl3d methods
     ssl3d new-method NAME
     ssl3d config show [--profile P] [key=value ...]
@@ -25,6 +26,13 @@ from benchmark.errors import UserError
 
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,18 +68,28 @@ def command_run(args: argparse.Namespace) -> None:
         print(f"  {path}")
     print()
     print(report.markdown)
+    for note in report.notes:
+        print(f"note: {note}")
 
 
 def command_report(args: argparse.Namespace) -> None:
-    from benchmark.report import write_report
+    from benchmark.report import FORMATS, write_report
 
     if not Path(args.out).is_dir():
         raise UserError(f"{args.out}: no such run folder")
-    report = write_report(Path(args.out), metric=args.metric)
+    report = write_report(
+        Path(args.out),
+        metric=args.metric,
+        reference=args.reference,
+        fraction=args.fraction,
+        replicates=args.bootstrap,
+    )
     for path in report.files:
         print(path)
     print()
-    print(report.markdown)
+    print(report.texts[FORMATS[args.format]])
+    for note in report.notes:
+        print(f"note: {note}")
 
 
 def command_methods(args: argparse.Namespace) -> None:
@@ -194,9 +212,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=command_run)
 
-    report = commands.add_parser("report", help="tables and figures of a run folder")
+    report = commands.add_parser(
+        "report", help="tables, statistics and figures of a run folder (results/README.md)"
+    )
     report.add_argument("out", help="a run folder")
-    report.add_argument("--metric", default="auprc", choices=["auprc", "auroc", "f1"])
+    report.add_argument(
+        "--format",
+        default="md",
+        choices=["md", "latex", "csv"],
+        help="how the chosen metric's table is printed (every format is written to tables/)",
+    )
+    report.add_argument(
+        "--metric",
+        default="auprc",
+        choices=["auprc", "auroc", "f1"],
+        help="the metric printed and drawn in the summary figure (default: auprc)",
+    )
+    report.add_argument(
+        "--reference",
+        help="the method every other is tested against (default: residual, else scratch)",
+    )
+    report.add_argument(
+        "--fraction",
+        type=float,
+        help="label fraction of the PR curves and per-finding tables (default: the smallest)",
+    )
+    report.add_argument(
+        "--bootstrap",
+        type=_positive_int,
+        default=1000,
+        help="test-subject resamples for CIs and paired tests (default: 1000)",
+    )
     report.set_defaults(handler=command_report)
 
     perf = commands.add_parser("perf", help="measure pretraining throughput of every method")

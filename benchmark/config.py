@@ -111,13 +111,13 @@ def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
         raise ConfigError(f"command-line settings {items}: {error}") from None
 
 
-def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+def setting_leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
     """(dotted key, value) for every setting below ``node`` (a plain dict or a DictConfig)."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node)
     if isinstance(node, dict) and node:
         for key, value in node.items():
-            yield from _leaves(value, f"{prefix}{key}.")
+            yield from setting_leaves(value, f"{prefix}{key}.")
     else:
         yield prefix[:-1], node
 
@@ -142,7 +142,7 @@ def _explain_unknown_key(base: DictConfig, key: str, origin: str) -> ConfigError
 def _merge(base: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
     """``layer`` over ``base``; a key ``base`` lacks, or a value of another type, is an error."""
     missing = object()
-    for key, value in _leaves(layer):
+    for key, value in setting_leaves(layer):
         if _is_view_setting(key):
             continue
         default = OmegaConf.select(base, _global_default(key) or key, default=missing)

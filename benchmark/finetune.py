@@ -4,30 +4,33 @@ The whole network is trained: the pretrained ResNet18 (or a random one for ``scr
 head feature -> 256 -> ReLU -> 2, with Adam (lr 1e-4), batch 16, class-weighted cross-entropy
 (w_j = n / (2 n_j) on the training subset), early stopping on the validation loss (patience 5)
 and the best validation-loss checkpoint restored. The score of a volume is the softmax
-probability of "anomalous"; the decision threshold maximises F1 on the validation set.
+probability of "anomalous"; the decision threshold maximises F1 on the validation set
+(``benchmark.scoring``). On a cohort with masks, the fine-tuned classifier's Grad-CAM is scored
+against them before the model leaves memory (``benchmark.localisation``).
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping
 from torch import Tensor, nn
 
 from benchmark.backbone import ResNet18, load_encoder, stage_widths
 from benchmark.batches import TensorBatches, batch_loader
 from benchmark.datasets.views import Views
-from benchmark.metrics import best_f1_threshold, classification_metrics
+from benchmark.localisation import check_stage, localise
 from benchmark.randomness import SeededStream
 from benchmark.results import Cell
 from benchmark.rundata import RunData
 from benchmark.runtime import epoch_checkpoints, make_trainer, prepare_module
+from benchmark.scoring import NonFiniteScoresError, score_cell
 
 
 def class_weights(labels: Tensor) -> Tensor:
@@ -88,14 +91,12 @@ def cell_seed(cell: Cell) -> int:
     return cell.seed * 1_000_003 + cell.fold * 1_009 + int(round(cell.fraction * 1000))
 
 
-def _predictions(data: RunData, rows: np.ndarray, scores: Tensor) -> list[dict]:
-    table = data.cohort.table.iloc[rows]
-    return [
-        {"subject_id": str(s), "side": str(side), "label": int(label), "score": float(score)}
-        for s, side, label, score in zip(
-            table["subject_id"], table["side"], table["label"], scores.tolist(), strict=True
-        )
-    ]
+def finetune_settings(cfg: DictConfig) -> dict:
+    """The settings a ``finetune`` cell depends on (``finetune`` without the grid's protocol list)."""
+    check_stage(cfg.finetune.localisation)
+    settings = OmegaConf.to_container(cfg.finetune, resolve=True)
+    settings.pop("protocols")
+    return settings
 
 
 def run_finetune(
@@ -148,31 +149,20 @@ def run_finetune(
 
     val_scores = model.scores(data.images(val_rows), batch_size * 4)
     test_scores = model.scores(data.images(test_rows), batch_size * 4)
-    _fail_on_nonfinite(val_scores, test_scores, cell)
-    threshold = best_f1_threshold(val_scores, data.labels(val_rows))
-    test_labels = data.labels(test_rows)
-    result = {
-        "metrics": classification_metrics(test_scores, test_labels, threshold),
-        "prevalence": float(test_labels.float().mean()),
-        "threshold": threshold,
-        "epochs": trainer.current_epoch,
-        "best_epoch": int(best["epoch"]),
-        "n_train": len(train_rows),
-        "n_val": len(val_rows),
-        "n_test": len(test_rows),
-        "predictions": _predictions(data, test_rows, test_scores),
-        "validation_predictions": _predictions(data, val_rows, val_scores),
-    }
+    result = score_cell(
+        cell, data, val_rows, val_scores, test_rows, test_scores, "lower finetune.lr"
+    )
+    result.update(
+        epochs=trainer.current_epoch, best_epoch=int(best["epoch"]), n_train=len(train_rows)
+    )
+    started = time.perf_counter()
+    localisation = localise(
+        model.backbone, model.head, data, test_rows, settings.localisation, batch_size
+    )
+    if localisation is not None:
+        result["localisation"] = {
+            **localisation,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
     shutil.rmtree(workdir, ignore_errors=True)
     return result
-
-
-class NonFiniteScoresError(RuntimeError):
-    """Fine-tuning diverged: the classifier produced NaN or infinite scores."""
-
-
-def _fail_on_nonfinite(val_scores: Tensor, test_scores: Tensor, cell: Cell) -> None:
-    if not (torch.isfinite(val_scores).all() and torch.isfinite(test_scores).all()):
-        raise NonFiniteScoresError(
-            f"{cell.title}: fine-tuning diverged (non-finite scores); lower finetune.lr"
-        )

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.backbone import describe_backbone, stage_widths
-from benchmark.config import config_hash
+from benchmark.config import config_hash, setting_leaves
 from benchmark.errors import UserError
 from benchmark.pretrain import (
     PretrainingUnit,
@@ -62,7 +62,7 @@ def cell_fingerprint(cfg: DictConfig, cell: Cell, data: RunData, pretraining: di
             "seed": cell.seed,
         },
         "pretraining": pretraining,
-        "finetune": OmegaConf.to_container(cfg.finetune, resolve=True),
+        "protocol": get_protocol(cell.protocol).settings(cfg),
         "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
         "data": {
             "cohort": data.fingerprint,
@@ -81,7 +81,7 @@ def plan_run(cfg: DictConfig, data: RunData, out: Path) -> Plan:
             unit_prints[unit.directory] = pretraining_fingerprint(cfg, unit, data)
             unit_hashes[unit.directory] = config_hash(unit_prints[unit.directory])
         for protocol in cfg.finetune.protocols:
-            get_protocol(protocol)
+            get_protocol(protocol).settings(cfg)
             for fraction in cfg.splits.fractions:
                 for fold in range(int(cfg.splits.folds)):
                     for seed in cfg.splits.seeds:
@@ -126,18 +126,9 @@ def _describe_difference(out: Path, cfg: DictConfig) -> str:
         return ""
     old = OmegaConf.to_container(OmegaConf.load(previous), resolve=True)
     new = OmegaConf.to_container(cfg, resolve=True)
-    changed = [
-        key for key, _ in _flat(new) if dict(_flat(old)).get(key) != dict(_flat(new)).get(key)
-    ]
+    old, new = dict(setting_leaves(old)), dict(setting_leaves(new))
+    changed = [key for key in new if old.get(key) != new[key]]
     return f" Settings changed since the last run: {', '.join(changed[:12])}." if changed else ""
-
-
-def _flat(node, prefix: str = ""):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _flat(value, f"{prefix}{key}.")
-    else:
-        yield prefix[:-1], node
 
 
 class RunLog:

@@ -3,9 +3,9 @@
 A cell file ``OUT/cells/<method>/<protocol>/f<fraction>/fold<k>/seed<s>.json`` holds
 ``method, protocol, fraction, fold, seed, status`` (``done`` or ``failed``), ``metrics``
 (``auprc``, ``auroc``, ``f1``, ``precision``, ``recall``, ``specificity``), ``prevalence``,
-``threshold``, ``predictions`` (``subject_id, side, label, score`` for every test volume),
-``validation_predictions``, ``config_hash``, ``config``, ``versions``, ``seconds`` and, for a
-failed cell, ``error``.
+``threshold``, ``predictions`` (``subject_id, side, label, pathology, score`` for every test
+volume), ``validation_predictions``, ``config_hash``, ``config``, ``versions``, ``seconds``, for a
+``finetune`` cell on a cohort with masks ``localisation``, and for a failed cell ``error``.
 """
 
 from __future__ import annotations
@@ -113,17 +113,24 @@ def read_cells(out: Path) -> list[dict[str, Any]]:
 
 def cells_table(out: Path) -> pd.DataFrame:
     """One row per cell file: the key columns, status, and each metric as a column."""
+    return cell_rows(read_cells(out))
+
+
+def cell_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per cell record: the key columns, status, each metric, provenance."""
     rows = []
-    for record in read_cells(out):
+    for record in records:
         row = {
             key: record.get(key)
             for key in ("method", "protocol", "fraction", "fold", "seed", "status")
         }
         row.update(record.get("metrics") or {})
         row["prevalence"] = record.get("prevalence")
+        row["threshold"] = record.get("threshold")
         row["backbone"] = record.get("backbone")
         row["profile"] = record.get("profile")
         row["config_hash"] = record.get("config_hash")
         row["error"] = record.get("error")
+        row["path"] = record.get("path")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.preprocessing import StandardScaler
-from torch import Tensor
 
 from benchmark.backbone import ResNet18
 from benchmark.batches import TensorBatches, batch_loader
 from benchmark.config import load_config, pretraining_settings
 from benchmark.method import SSLMethod
 from benchmark.pretrain import PretrainingContext, build_method, pretraining_units
+from benchmark.probes import encoder_features
 from benchmark.rundata import RunData, prepare_data
 from benchmark.runtime import make_trainer, prepare_module, resolve_device
 
@@ -91,15 +90,6 @@ def pretrain_briefly(
         module, batch_loader(TensorBatches(image=data.images(rows)), int(settings.batch_size), 0)
     )
     return BriefPretraining(module, recorder.losses, data)
-
-
-@torch.no_grad()
-def encoder_features(encoder: ResNet18, images: Tensor, batch_size: int = 32) -> Tensor:
-    """Pooled features ``[N, feature_dim]`` of volumes, in evaluation mode, on the CPU."""
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    batches = [images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size)]
-    return torch.cat([encoder(batch).float().cpu() for batch in batches])
 
 
 def probe_auprc(encoder: ResNet18, data: RunData, seed: int = 0, fold: int = 0) -> float:

@@ -34,7 +34,9 @@ def smoke_run(tmp_path_factory):
 def test_every_cell_is_written_with_its_record(smoke_run):
     cfg, out = smoke_run
     cells = read_cells(out)
-    assert len(cells) == 2 * len(cfg.splits.fractions) * cfg.splits.folds * len(cfg.splits.seeds)
+    assert set(cfg.finetune.protocols) == {"finetune", "linear", "knn"}
+    per_method = len(cfg.splits.fractions) * cfg.splits.folds * len(cfg.splits.seeds)
+    assert len(cells) == 2 * len(cfg.finetune.protocols) * per_method
     for cell in cells:
         assert cell["status"] == "done", cell.get("error")
         assert set(cell["metrics"]) >= {
@@ -46,7 +48,10 @@ def test_every_cell_is_written_with_its_record(smoke_run):
             "specificity",
         }
         assert {"config_hash", "config", "versions", "seconds", "prevalence"} <= set(cell)
-        assert all(set(p) == {"subject_id", "side", "label", "score"} for p in cell["predictions"])
+        fields = {"subject_id", "side", "label", "pathology", "score"}
+        assert all(set(p) == fields for p in cell["predictions"])
+        assert all(set(p) == fields for p in cell["validation_predictions"])
+        assert ("localisation" in cell) == (cell["protocol"] == "finetune")
 
 
 def test_stored_auprc_equals_sklearn_on_stored_predictions(smoke_run):
@@ -78,11 +83,21 @@ def test_encoder_loads_strict_into_monai_and_losses_are_logged(smoke_run):
 
 
 def test_report_files_exist(smoke_run):
-    _, out = smoke_run
+    cfg, out = smoke_run
     table = pd.read_csv(out / "tables" / "auprc.csv")
     assert set(table["method"]) == {"scratch", "simclr"}
-    assert (out / "figures" / "auprc_vs_fraction.png").exists()
+    assert set(table["protocol"]) == {"finetune", "linear", "knn"}
+    assert (table["n"] == cfg.splits.folds).all() and table["ci_low"].notna().all()
+    assert (table.loc[table.method == "simclr", "reference"] == "scratch").all()
     assert "\\toprule" in (out / "tables" / "auprc.tex").read_text()
+    for name in ("auroc.md", "f1.tex", "pathology.csv", "localisation.md"):
+        assert (out / "tables" / name).stat().st_size > 100
+    localisation = pd.read_csv(out / "tables" / "localisation.csv")
+    assert set(localisation["method"]) == {"scratch", "simclr"}
+    assert localisation["pointing_game_mean"].between(0, 1).all()
+    for name in ("auprc_vs_fraction.png", "pr_curves_f0.5.png", "pretraining_losses.png"):
+        assert (out / "figures" / name).stat().st_size > 10_000
+    assert (out / "figures" / "summary.pdf").exists() and (out / "report.md").exists()
 
 
 def test_rerun_skips_finished_cells(smoke_run):
