@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from benchmark.runtime import RuntimeSettingError
+
 
 class EpochShuffle(Sampler[int]):
     """A permutation of ``range(length)`` that depends only on (seed, epoch).
@@ -73,6 +75,13 @@ class TensorBatches(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def nbytes(self) -> int:
+        return sum(tensor.nbytes for tensor in self.tensors.values())
+
+    def to(self, device: torch.device) -> TensorBatches:
+        return TensorBatches(**{name: t.to(device) for name, t in self.tensors.items()})
+
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
         device = next(iter(self.tensors.values())).device
         index = torch.as_tensor(indices, device=device)
@@ -85,10 +94,45 @@ def _already_batched(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return batch
 
 
+PLACEMENTS = ("auto", "always", "never")
+
+
+def fits_on_device(nbytes: int, device: torch.device, placement: str = "auto") -> bool:
+    """Whether a training set of ``nbytes`` should live on ``device`` (a CUDA GPU).
+
+    ``placement`` is ``runtime.cohort_on_device``: ``always``, ``never``, or ``auto`` = when it
+    takes at most a quarter of the GPU's free memory, leaving the rest to activations.
+    """
+    if placement not in PLACEMENTS:
+        raise RuntimeSettingError(
+            f"runtime.cohort_on_device must be one of {', '.join(PLACEMENTS)}, got {placement!r}"
+        )
+    if device.type != "cuda" or placement == "never":
+        return False
+    if placement == "always":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= free // 4
+
+
 def batch_loader(
-    dataset: TensorBatches, batch_size: int, seed: int, shuffle: bool = True
+    dataset: TensorBatches,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    device: torch.device | None = None,
+    placement: str = "auto",
 ) -> DataLoader:
-    """A DataLoader of whole batches from ``dataset`` (no worker processes needed)."""
+    """A DataLoader of whole batches from ``dataset`` (no worker processes needed).
+
+    For a CUDA ``device`` the dataset moves onto the GPU when it fits (``fits_on_device``), so
+    a batch is a gather there and nothing crosses the bus per step; otherwise its batches are
+    pinned, so that the host-to-device copy is asynchronous.
+    """
+    on_gpu = device is not None and fits_on_device(dataset.nbytes, device, placement)
+    if on_gpu:
+        dataset = dataset.to(device)
     sampler = EpochShuffle(len(dataset), seed, shuffle)
     batches = NoSingletonBatches(sampler, batch_size=batch_size, drop_last=False)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=_already_batched)
+    pin = device is not None and device.type == "cuda" and not on_gpu
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=_already_batched, pin_memory=pin)

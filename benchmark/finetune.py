@@ -29,7 +29,7 @@ from benchmark.localisation import check_stage, localise
 from benchmark.randomness import SeededStream
 from benchmark.results import Cell
 from benchmark.rundata import RunData
-from benchmark.runtime import epoch_checkpoints, make_trainer, prepare_module
+from benchmark.runtime import epoch_checkpoints, make_trainer, prepare_module, resolve_device
 from benchmark.scoring import NonFiniteScoresError, score_cell
 
 
@@ -122,14 +122,22 @@ def run_finetune(
     prepare_module(model, cfg.runtime)
 
     batch_size = int(settings.batch_size)
+    device = resolve_device(cfg.runtime)
+    placement = str(cfg.runtime.cohort_on_device)
     train_loader = batch_loader(
-        TensorBatches(image=data.images(train_rows), label=train_labels), batch_size, seed
+        TensorBatches(image=data.images(train_rows), label=train_labels),
+        batch_size,
+        seed,
+        device=device,
+        placement=placement,
     )
     val_loader = batch_loader(
         TensorBatches(image=data.images(val_rows), label=data.labels(val_rows)),
         batch_size,
         seed,
         shuffle=False,
+        device=device,
+        placement=placement,
     )
     checkpoint = epoch_checkpoints(workdir, "val_loss")
     trainer = make_trainer(

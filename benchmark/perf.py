@@ -219,15 +219,20 @@ def measure_method(
     """Real path, compute-only path and (optionally) the default-settings baseline."""
     device = resolve_device(cfg.runtime)
     batch = int(pretraining_settings(cfg, method).batch_size)
-    on_device = images.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    real_loader = batch_loader(TensorBatches(image=on_device), batch, seed=0)
+    real_loader = batch_loader(
+        TensorBatches(image=images),
+        batch,
+        seed=0,
+        device=device,
+        placement=str(cfg.runtime.cohort_on_device),
+    )
     module, times = _fit_steps(cfg, method, real_loader, warmup + steps)
     rate, step_seconds = _median_rate(times, warmup, repeats, batch)
     peak = _peak_memory_mb(device)
 
-    fixed = {"image": on_device[:batch], "index": torch.arange(batch, device=device)}
+    fixed = {"image": images[:batch].to(device), "index": torch.arange(batch, device=device)}
     replay = ReplayedViews(module.views)
     recorder, _ = _fit_steps(cfg, method, RepeatedBatch(fixed, 2), 2, views=replay)
     replay.recording = False
@@ -244,7 +249,9 @@ def measure_method(
 
     default_rate = speedup = None
     if baseline:
-        default_runtime = OmegaConf.merge(cfg.runtime, {"channels_last": False, "precision": "32"})
+        default_runtime = OmegaConf.merge(
+            cfg.runtime, {"channels_last": False, "precision": "32", "compile": False}
+        )
         per_sample = DataLoader(
             _PerSampleVolumes(images), batch_size=batch, shuffle=True, drop_last=True
         )

@@ -291,11 +291,23 @@ def run_pretraining(
         int(settings.max_steps),
         validate,
     )
+    placement = str(cfg.runtime.cohort_on_device)
     train_loader = batch_loader(
-        TensorBatches(image=data.images(train_rows)), batch_size, int(settings.seed)
+        TensorBatches(image=data.images(train_rows)),
+        batch_size,
+        int(settings.seed),
+        device=device,
+        placement=placement,
     )
     val_loader = (
-        batch_loader(TensorBatches(image=data.images(val_rows)), batch_size, 0, shuffle=False)
+        batch_loader(
+            TensorBatches(image=data.images(val_rows)),
+            batch_size,
+            0,
+            shuffle=False,
+            device=device,
+            placement=placement,
+        )
         if validate
         else None
     )

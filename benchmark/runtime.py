@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from benchmark.backbone import ResNet18
 from benchmark.errors import UserError
 
 # Lightning's per-trainer banners ("GPU available: ...") would repeat for every grid cell.
@@ -66,9 +67,15 @@ def apply_threads(runtime: DictConfig) -> None:
 
 
 def prepare_module(module: nn.Module, runtime: DictConfig) -> nn.Module:
-    """channels_last_3d weights when asked (about 3x faster ResNet steps on the CPU here)."""
+    """channels_last_3d weights (about 3x faster ResNet steps on the CPU here) and, when
+    ``runtime.compile`` is on, every ResNet18 inside compiled in place (``nn.Module.compile``
+    keeps the parameter names, so checkpoints and the exported encoder are unchanged)."""
     if runtime.channels_last:
         module.to(memory_format=torch.channels_last_3d)
+    if runtime.compile:
+        for part in module.modules():
+            if isinstance(part, ResNet18):
+                part.compile()
     return module
 
 
