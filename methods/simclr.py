@@ -20,6 +20,10 @@ class SimCLR(SSLMethod):
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
+        if settings.temperature <= 0:
+            raise MethodConfigError(
+                f"method.simclr.temperature must be positive, got {settings.temperature}"
+            )
         self.projection = SimCLRProjectionHead(
             backbone.feature_dim, settings.projection_hidden_dim, settings.projection_output_dim
         )

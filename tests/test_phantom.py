@@ -4,7 +4,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
 from benchmark.datasets.manifest import read_manifest
 from benchmark.datasets.phantom import PATHOLOGIES, generate_phantom
 from benchmark.datasets.volumes import Preprocessing, load_volume

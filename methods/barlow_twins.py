@@ -1,0 +1,43 @@
+"""Barlow Twins on the shared 3D ResNet18."""
+
+from lightly.loss import BarlowTwinsLoss
+from lightly.models.modules import BarlowTwinsProjectionHead
+from torch import Tensor
+
+from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.registry import register_method
+
+
+@register_method("barlow_twins")
+class BarlowTwins(SSLMethod):
+    """Barlow Twins: the two views' embeddings have an identity cross-correlation matrix.
+
+    Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
+    ICML 2021. One network (backbone -> 3-layer projector) embeds both views; each embedding
+    dimension is standardised over the batch, and the loss drives the cross-correlation of the
+    two views to the identity: diagonal to 1 (invariance), off-diagonal to 0, weighted by
+    ``redundancy_weight`` (redundancy reduction).
+    """
+
+    reference = "Zbontar et al., ICML 2021 (arXiv:2103.03230)"
+
+    def __init__(self, backbone, settings, training):
+        super().__init__(backbone, settings, training)
+        self.projection = BarlowTwinsProjectionHead(
+            backbone.feature_dim, settings.projection_hidden_dim, settings.projection_output_dim
+        )
+        self.criterion = BarlowTwinsLoss(lambda_param=settings.redundancy_weight)
+
+    def check_settings(self, batch_size: int) -> None:
+        if batch_size < 2:
+            raise MethodConfigError(
+                f"barlow_twins needs at least 2 volumes per batch (its loss standardises every "
+                f"embedding dimension over the batch), got {batch_size}; raise "
+                "pretrain.batch_size or add unlabelled volumes"
+            )
+
+    def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images = batch["image"]
+        views = [self.augment(images)[0] for _ in range(2)]
+        first, second = (self.projection(self.backbone(view)) for view in views)
+        return {"loss": self.criterion(first, second), "embedding_std": self.embedding_std(first)}

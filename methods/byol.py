@@ -1,0 +1,72 @@
+"""BYOL on the shared 3D ResNet18."""
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from torch import Tensor
+
+from benchmark.backbone import ResNet18
+from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.momentum import MomentumCopy, check_momentum, scheduled_momentum
+from benchmark.registry import register_method
+
+
+@register_method("byol")
+class BYOL(SSLMethod):
+    """BYOL: an online network predicts an EMA target's projection of another view.
+
+    Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
+    NeurIPS 2020. Online network: backbone -> projector -> predictor. Target network: EMA
+    copies of the backbone and projector, never trained by gradients, whose momentum follows
+    a cosine from ``momentum_start`` to ``momentum_end`` (1) over the run's optimiser steps.
+    Loss: negative cosine similarity between the online prediction of one view and the target
+    projection of the other, averaged over both directions (the paper's 2 - 2 cos summed over
+    both, up to a constant and a factor). The target's BatchNorm normalises with batch
+    statistics and keeps its own running statistics (``benchmark.momentum``).
+    """
+
+    reference = "Grill et al., NeurIPS 2020 (arXiv:2006.07733)"
+
+    def __init__(self, backbone, settings, training):
+        super().__init__(backbone, settings, training)
+        check_momentum("byol", settings.momentum_start, settings.momentum_end)
+        if settings.encoder not in ("online", "target"):
+            raise MethodConfigError(
+                f"method.byol.encoder must be 'online' or 'target', got {settings.encoder!r}"
+            )
+        hidden, output = settings.projection_hidden_dim, settings.projection_output_dim
+        self.projection = BYOLProjectionHead(backbone.feature_dim, hidden, output)
+        self.prediction = BYOLPredictionHead(output, settings.prediction_hidden_dim, output)
+        self.target = MomentumCopy(self, ["backbone", "projection"])
+        self.criterion = NegativeCosineSimilarity()
+
+    @property
+    def encoder(self) -> ResNet18:
+        """The online backbone (the paper's choice), or the target's with ``encoder: target``."""
+        return self.target["backbone"] if self.settings.encoder == "target" else self.backbone
+
+    def check_settings(self, batch_size: int) -> None:
+        if batch_size < 2:
+            raise MethodConfigError(
+                f"byol needs at least 2 volumes per batch (BatchNorm in its projector and "
+                f"predictor normalises over the batch), got {batch_size}; raise "
+                "pretrain.batch_size or add unlabelled volumes"
+            )
+
+    def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images = batch["image"]
+        views = [self.augment(images)[0] for _ in range(2)]
+        projections = [self.projection(self.backbone(view)) for view in views]
+        predictions = [self.prediction(projection) for projection in projections]
+        with torch.no_grad():
+            targets = [self.target["projection"](self.target["backbone"](v)) for v in views]
+        loss = 0.5 * (
+            self.criterion(predictions[0], targets[1]) + self.criterion(predictions[1], targets[0])
+        )
+        return {"loss": loss, "embedding_std": self.embedding_std(projections[0])}
+
+    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+        start, end = self.settings.momentum_start, self.settings.momentum_end
+        momentum = scheduled_momentum(self, start, end)
+        self.target.update_from(self, momentum)
+        self.log("train_momentum", momentum, on_step=False, on_epoch=True)

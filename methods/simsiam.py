@@ -1,0 +1,48 @@
+"""SimSiam on the shared 3D ResNet18."""
+
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+from torch import Tensor
+
+from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.registry import register_method
+
+
+@register_method("simsiam")
+class SimSiam(SSLMethod):
+    """SimSiam: one view's prediction matches the other's projection, with a stop-gradient.
+
+    Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021. One network
+    (backbone -> 3-layer projector with BatchNorm) for both views, a bottleneck predictor on
+    top; loss: negative cosine similarity between the prediction of one view and the
+    projection of the other, whose gradient is stopped, averaged over both directions.
+    ``embedding_std`` (std of the L2-normalised projection) falls to 0 if it collapses.
+    """
+
+    reference = "Chen & He, CVPR 2021 (arXiv:2011.10566)"
+
+    def __init__(self, backbone, settings, training):
+        super().__init__(backbone, settings, training)
+        hidden, output = settings.projection_hidden_dim, settings.projection_output_dim
+        self.projection = SimSiamProjectionHead(backbone.feature_dim, hidden, output)
+        self.prediction = SimSiamPredictionHead(output, settings.prediction_hidden_dim, output)
+        self.criterion = NegativeCosineSimilarity()
+
+    def check_settings(self, batch_size: int) -> None:
+        if batch_size < 2:
+            raise MethodConfigError(
+                f"simsiam needs at least 2 volumes per batch (BatchNorm in its projector and "
+                f"predictor normalises over the batch), got {batch_size}; raise "
+                "pretrain.batch_size or add unlabelled volumes"
+            )
+
+    def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images = batch["image"]
+        views = [self.augment(images)[0] for _ in range(2)]
+        projections = [self.projection(self.backbone(view)) for view in views]
+        predictions = [self.prediction(projection) for projection in projections]
+        loss = 0.5 * (
+            self.criterion(predictions[0], projections[1].detach())
+            + self.criterion(predictions[1], projections[0].detach())
+        )
+        return {"loss": loss, "embedding_std": self.embedding_std(projections[0])}

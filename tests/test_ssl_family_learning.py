@@ -1,0 +1,59 @@
+"""The two-view family learns on the smoke phantom: the loss falls and nothing collapses.
+
+Except ``byol_as_released``, which the test shows collapsing: without BYOL's predictor and EMA
+target nothing stops both views from mapping to one point (Chen & He, CVPR 2021, Table 1).
+"""
+
+import pytest
+import torch
+
+from benchmark.testing import pretrain_briefly
+
+# (method, optimiser steps, overrides). At the smoke width the ResNet18 feature is 64-d, so
+# Barlow Twins' 2048-wide projector is narrowed: its cross-correlation over batches of 8 is
+# otherwise too noisy to fall within a test's few steps.
+LEARNERS = [
+    ("simclr", 40, ()),
+    ("byol", 40, ()),
+    ("simsiam", 60, ()),
+    ("vicreg", 40, ()),
+    (
+        "barlow_twins",
+        80,
+        (
+            "method.barlow_twins.projection_hidden_dim=256",
+            "method.barlow_twins.projection_output_dim=256",
+        ),
+    ),
+]
+
+
+def _early_and_late(losses: list[float]) -> tuple[float, float]:
+    window = max(4, len(losses) // 5)
+    return sum(losses[:window]) / window, sum(losses[-window:]) / window
+
+
+@torch.no_grad()
+def _embedding_spread(result) -> float:
+    """``embedding_std`` of the projections of the pool, relative to spread-out (1/sqrt(d))."""
+    module = result.module.eval()
+    rows, _ = result.data.pretraining_pool("unlabelled")
+    projections = module.projection(module.backbone(result.data.images(rows)))
+    return float(module.embedding_std(projections)) * projections.shape[1] ** 0.5
+
+
+@pytest.mark.parametrize(("method", "steps", "overrides"), LEARNERS)
+def test_the_loss_falls_and_the_embedding_stays_spread_out(method, steps, overrides):
+    result = pretrain_briefly(method, steps=steps, overrides=overrides)
+    early, late = _early_and_late(result.losses)
+    assert late < early, f"{method}: loss {early:.4f} -> {late:.4f}"
+    assert _embedding_spread(result) > 0.5, method
+
+
+def test_byol_as_released_minimises_its_loss_by_collapsing():
+    result = pretrain_briefly("byol_as_released", steps=40)
+    early, late = _early_and_late(result.losses)
+    assert late < early
+    assert _embedding_spread(result) < 0.2
+    faithful = pretrain_briefly("byol", steps=40)
+    assert _embedding_spread(faithful) > 0.5

@@ -1,0 +1,83 @@
+"""The two-view SSL family: impossible settings are refused early; momentum copies behave."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark.config import load_config
+from benchmark.method import MethodConfigError
+from benchmark.momentum import MomentumCopy, scheduled_momentum
+from benchmark.pretrain import build_method
+
+FAMILY = ["simclr", "byol", "simsiam", "byol_as_released", "barlow_twins", "vicreg"]
+
+
+def method(name: str, *overrides: str):
+    return build_method(load_config("smoke", overrides, methods=[name]), name)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_a_batch_of_one_is_refused_naming_the_setting(name):
+    with pytest.raises(MethodConfigError, match=f"{name} needs at least 2 volumes.*batch_size"):
+        method(name).check_settings(1)
+    method(name).check_settings(8)
+
+
+@pytest.mark.parametrize(
+    ("name", "override", "message"),
+    [
+        ("byol", "method.byol.momentum_start=1.5", "momentum_start"),
+        ("byol", "method.byol.momentum_end=0.9", "momentum_start.*<= momentum_end"),
+        ("byol", "method.byol.encoder=online_and_target", "method.byol.encoder"),
+        ("simclr", "method.simclr.temperature=0.0", "method.simclr.temperature"),
+        ("simclr", "method.simclr.temperature=-0.07", "method.simclr.temperature"),
+    ],
+)
+def test_impossible_hyper_parameters_are_refused_when_the_method_is_built(
+    name, override, message
+):
+    with pytest.raises(MethodConfigError, match=message):
+        method(name, override)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+
+
+def test_momentum_copy_averages_parameters_and_keeps_its_own_batchnorm_statistics():
+    torch.manual_seed(0)
+    online = _Net()
+    target = MomentumCopy(online, ["layer"])
+    assert not any(p.requires_grad for p in target.parameters())
+    before = [p.clone() for p in target["layer"].parameters()]
+    online.layer(torch.randn(8, 3) + 5)  # moves the online running statistics
+    for parameter in online.parameters():
+        parameter.data.add_(1.0)
+    target.update_from(online, 0.9)
+    for old, new, current in zip(before, target["layer"].parameters(), online.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * current)
+    # Buffers are not averaged: the copy's running mean is still its initial zero...
+    assert torch.all(target["layer"][1].running_mean == 0)
+    assert not torch.all(online.layer[1].running_mean == 0)
+    # ...until the copy itself runs in training mode, where it normalises with batch statistics.
+    batch = torch.randn(16, 3) * 3 + 2
+    out = target["layer"](batch)
+    torch.testing.assert_close(out.mean(0), target["layer"][1].bias, atol=1e-5, rtol=0)
+    assert not torch.all(target["layer"][1].running_mean == 0)
+
+
+def test_scheduled_momentum_is_a_cosine_from_start_to_end_over_the_real_steps():
+    def at(global_step: int) -> float:
+        fake = SimpleNamespace(
+            global_step=global_step, trainer=SimpleNamespace(estimated_stepping_batches=101)
+        )
+        return scheduled_momentum(fake, 0.99, 1.0)
+
+    assert at(1) == pytest.approx(0.99)  # after the first optimiser step
+    assert at(51) == pytest.approx(0.995)  # half-way
+    assert at(101) == pytest.approx(1.0)  # after the last one
+    assert at(1) < at(30) < at(70) < at(101)
