@@ -51,8 +51,9 @@ class SSLMethod(SeededStream):
     """A self-supervised method on the shared 3D ResNet18.
 
     Subclasses implement ``pretraining_loss``; they may override ``prepare`` (cached stages
-    such as an autoencoder), ``check_settings`` (reject impossible settings early) and the
-    Lightning hooks (for example an EMA update in ``on_train_batch_end``).
+    such as an autoencoder), ``check_settings`` (reject impossible settings early), ``export``
+    (more files next to ``encoder.pt``) and the Lightning hooks (for example an EMA update in
+    ``on_train_batch_end``).
 
     Args:
         backbone: the shared ResNet18; what fine-tuning receives is ``self.encoder``.
@@ -92,6 +93,10 @@ class SSLMethod(SeededStream):
 
     def prepare(self, context: PretrainingContext) -> None:
         """Compute what the method needs before training (cached with ``context.stage``)."""
+
+    def export(self, context: PretrainingContext) -> None:
+        """Write files the method adds to ``encoder.pt`` (a decoder, a figure) into
+        ``context.unit.directory``; called once after training, with the best weights."""
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Losses of one batch: ``loss`` is optimised, every other entry is logged.

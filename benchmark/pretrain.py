@@ -322,6 +322,7 @@ def run_pretraining(
         method.load_state_dict(best["state_dict"])
         best_epoch = int(best["epoch"])
     save_encoder(method.encoder, unit.encoder_path)
+    method.export(context)
     record.update(
         status="done",
         epochs=trainer.current_epoch,
