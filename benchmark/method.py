@@ -137,13 +137,14 @@ class SSLMethod(SeededStream):
                 batch_size=batch_size,
             )
 
-    def training_step(self, batch: dict[str, Tensor], batch_index: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_index: int) -> dict[str, Tensor]:
         losses = self.pretraining_loss(batch)
         loss = losses["loss"]
         # Accumulated on the device and checked once per epoch: no host sync per step.
         self._saw_nonfinite_loss |= ~torch.isfinite(loss.detach())
         self._log_losses(losses, "train", batch["image"].shape[0])
-        return loss
+        # The step's other losses ride along (detached) for callbacks such as the tests' recorder.
+        return {**{key: value.detach() for key, value in losses.items()}, "loss": loss}
 
     def validation_step(self, batch: dict[str, Tensor], batch_index: int) -> None:
         self._log_losses(self.pretraining_loss(batch), "val", batch["image"].shape[0])

@@ -40,19 +40,25 @@ def smoke_data(overrides: tuple[str, ...] = ()) -> tuple[DictConfig, RunData, Pa
 
 class _StepLosses(pl.Callback):
     def __init__(self):
-        self.losses: list[float] = []
+        self.logged: dict[str, list[float]] = {}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
-        self.losses.append(float(outputs["loss"]))
+        for key, value in outputs.items():
+            self.logged.setdefault(key, []).append(float(value))
 
 
 @dataclass
 class BriefPretraining:
-    """A method module after a few steps, the loss of each step, and the data it saw."""
+    """A method module after a few steps, every logged loss of each step, and the data it saw."""
 
     module: SSLMethod
-    losses: list[float]
+    logged: dict[str, list[float]]
     data: RunData
+
+    @property
+    def losses(self) -> list[float]:
+        """The optimised loss of each step."""
+        return self.logged["loss"]
 
 
 def pretraining_losses(method: str, steps: int = 30, overrides: Sequence[str] = ()) -> list[float]:
@@ -90,7 +96,7 @@ def pretrain_briefly(
     trainer.fit(
         module, batch_loader(TensorBatches(image=data.images(rows)), int(settings.batch_size), 0)
     )
-    return BriefPretraining(module, recorder.losses, data)
+    return BriefPretraining(module, recorder.logged, data)
 
 
 def cross_validated_probe_auprc(encoder: ResNet18, data: RunData, folds: int = 5) -> float:
