@@ -11,7 +11,7 @@ from benchmark.method import MethodConfigError
 from benchmark.momentum import MomentumCopy, scheduled_momentum
 from benchmark.pretrain import build_method
 
-FAMILY = ["simclr", "byol", "simsiam", "byol_as_released", "barlow_twins", "vicreg"]
+FAMILY = ["simclr", "byol", "simsiam", "byol_as_released", "moco", "barlow_twins", "vicreg"]
 
 
 def method(name: str, *overrides: str):
@@ -25,19 +25,26 @@ def test_a_batch_of_one_is_refused_naming_the_setting(name):
     method(name).check_settings(8)
 
 
+def test_moco_queue_must_be_a_multiple_of_the_batch():
+    moco = method("moco", "method.moco.queue_size=1000")
+    with pytest.raises(MethodConfigError, match=r"method.moco.queue_size \(1000\).*e.g. 992"):
+        moco.check_settings(32)
+    moco.check_settings(8)
+
+
 @pytest.mark.parametrize(
     ("name", "override", "message"),
     [
         ("byol", "method.byol.momentum_start=1.5", "momentum_start"),
         ("byol", "method.byol.momentum_end=0.9", "momentum_start.*<= momentum_end"),
         ("byol", "method.byol.encoder=online_and_target", "method.byol.encoder"),
+        ("moco", "method.moco.momentum_start=-0.1", "method.moco.momentum_start"),
+        ("moco", "method.moco.temperature=0.0", "method.moco.temperature"),
         ("simclr", "method.simclr.temperature=0.0", "method.simclr.temperature"),
         ("simclr", "method.simclr.temperature=-0.07", "method.simclr.temperature"),
     ],
 )
-def test_impossible_hyper_parameters_are_refused_when_the_method_is_built(
-    name, override, message
-):
+def test_impossible_hyper_parameters_are_refused_when_the_method_is_built(name, override, message):
     with pytest.raises(MethodConfigError, match=message):
         method(name, override)
 

@@ -1,0 +1,86 @@
+"""MoCo v2 on the shared 3D ResNet18."""
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import MoCoProjectionHead
+from torch import Tensor
+
+from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.momentum import MomentumCopy, check_momentum, scheduled_momentum
+from benchmark.registry import register_method
+
+
+@register_method("moco")
+class MoCo(SSLMethod):
+    """MoCo v2: a query must find its key, from a momentum encoder, among a queue of old keys.
+
+    He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
+    with the MLP projector and settings of Chen et al., "Improved Baselines with Momentum
+    Contrastive Learning" (MoCo v2), arXiv:2003.04297. The query encoder (backbone -> MLP) sees
+    one view; its EMA copy (constant momentum) embeds the other as the positive key; InfoNCE
+    contrasts it against the queue of the last ``queue_size`` keys, into which the batch's keys
+    are then pushed (lightly's ``NTXentLoss`` with a memory bank).
+    """
+
+    reference = "He et al., CVPR 2020; Chen et al., arXiv:2003.04297 (v2)"
+
+    def __init__(self, backbone, settings, training):
+        super().__init__(backbone, settings, training)
+        check_momentum("moco", settings.momentum_start, settings.momentum_end)
+        if settings.temperature <= 0:
+            raise MethodConfigError(
+                f"method.moco.temperature must be positive, got {settings.temperature}"
+            )
+        self.projection = MoCoProjectionHead(
+            backbone.feature_dim, settings.projection_hidden_dim, settings.projection_output_dim
+        )
+        self.target = MomentumCopy(self, ["backbone", "projection"])
+        self.criterion = NTXentLoss(
+            temperature=settings.temperature,
+            memory_bank_size=(settings.queue_size, settings.projection_output_dim),
+        )
+        # lightly leaves the queue out of the state dict; keeping it there lets a resumed run
+        # continue with its queue instead of random keys.
+        queue = self.criterion.memory_bank
+        for name in ("bank", "bank_ptr"):
+            queue.register_buffer(name, getattr(queue, name), persistent=True)
+
+    def check_settings(self, batch_size: int) -> None:
+        settings = self.settings
+        if batch_size < 2:
+            raise MethodConfigError(
+                f"moco needs at least 2 volumes per batch (BatchNorm in the backbone normalises "
+                f"over the batch), got {batch_size}; raise pretrain.batch_size or add "
+                "unlabelled volumes"
+            )
+        if settings.queue_size <= 0 or settings.queue_size % batch_size:
+            raise MethodConfigError(
+                f"method.moco.queue_size ({settings.queue_size}) must be a positive multiple of "
+                f"the batch size ({batch_size}), so every batch of keys fits the queue whole; "
+                f"set it to e.g. {max(1, settings.queue_size // batch_size) * batch_size}"
+            )
+
+    def prepare(self, context) -> None:
+        if self.settings.queue_size > len(context.pool_rows):
+            context.log(
+                f"moco: the queue ({self.settings.queue_size} keys) is longer than the "
+                f"pretraining pool ({len(context.pool_rows)} volumes), so it holds older keys "
+                "of the same volumes; MoCo v2's queue held 5 % of ImageNet"
+            )
+
+    def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images = batch["image"]
+        first, second = (self.augment(images)[0] for _ in range(2))
+        queries = self.projection(self.backbone(first))
+        with torch.no_grad():
+            keys = self.target["projection"](self.target["backbone"](second))
+        return {
+            "loss": self.criterion(queries, keys),
+            "embedding_std": self.embedding_std(queries),
+        }
+
+    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+        start, end = self.settings.momentum_start, self.settings.momentum_end
+        momentum = scheduled_momentum(self, start, end)
+        self.target.update_from(self, momentum)
+        self.log("train_momentum", momentum, on_step=False, on_epoch=True)
