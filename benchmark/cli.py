@@ -3,6 +3,8 @@
     ssl3d run [--profile P] [--methods a,b] [--data MANIFEST] [--out DIR] [--force] [key=value ...]
     ssl3d report OUT [--format md|latex|csv] [--metric auprc|auroc|f1] [--reference METHOD]
                      [--fraction F] [--bootstrap N]
+    ssl3d ablate METHOD --out DIR [--profile P] [--grids a,b] [key=value ...]
+    ssl3d residual-figure OUT --out FILE.png [--seed S] [--fold K] [--examples N]
     ssl3d methods
     ssl3d new-method NAME
     ssl3d config show [--profile P] [key=value ...]
@@ -90,6 +92,32 @@ def command_report(args: argparse.Namespace) -> None:
     print(report.texts[FORMATS[args.format]])
     for note in report.notes:
         print(f"note: {note}")
+
+
+def command_ablate(args: argparse.Namespace) -> None:
+    from benchmark.ablation import run_ablation
+
+    grids = _comma_list(args.grids) if args.grids else None
+    out = Path(args.out)
+    run_ablation(args.method, out, args.profile, args.overrides, grids)
+    markdown = out / "tables" / f"ablation_{args.method}.md"
+    print(f"\nResults:\n  {markdown.with_suffix('.csv')}\n  {markdown}\n")
+    print(markdown.read_text())
+
+
+def command_residual_figure(args: argparse.Namespace) -> None:
+    from benchmark.residual_figure import draw_residual_figure
+
+    checks = draw_residual_figure(
+        Path(args.run), Path(args.out), args.seed, args.fold, args.examples
+    )
+    print(f"wrote {args.out}")
+    for name, check in checks.items():
+        print(
+            f"residual {name}: voxel AUPRC {check['auprc']:.3f} against the anomaly masks "
+            f"(chance {check['chance']:.3f}); mean {check['inside']:.3f} inside the masks, "
+            f"{check['outside']:.3f} outside"
+        )
 
 
 def command_methods(args: argparse.Namespace) -> None:
@@ -256,6 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--estimate", action="store_true", help="estimate the paper grid's wall time")
     perf.add_argument("--cache", default="results/perf", help="where the perf phantom is kept")
     perf.set_defaults(handler=command_perf)
+
+    ablate = commands.add_parser(
+        "ablate", help="run a method's ablation grids (configs/ablations/METHOD.yaml)"
+    )
+    ablate.add_argument("method", help="a method with an ablation file, e.g. residual")
+    _add_settings_arguments(ablate)
+    ablate.add_argument("--out", required=True, help="ablation folder (one run per variant)")
+    ablate.add_argument("--grids", help="comma-separated grid names (default: all)")
+    ablate.set_defaults(handler=command_ablate)
+
+    figure = commands.add_parser(
+        "residual-figure",
+        help="image / CAE reconstruction / residual / prediction / mask of a residual run",
+    )
+    figure.add_argument("run", help="a run folder with finished residual pretraining")
+    figure.add_argument("--out", required=True, help="the PNG to write")
+    figure.add_argument("--seed", type=int, default=0)
+    figure.add_argument("--fold", type=int, default=0)
+    figure.add_argument("--examples", type=int, default=4, help="sinuses (rows) to show")
+    figure.set_defaults(handler=command_residual_figure)
 
     methods = commands.add_parser("methods", help="list the registered SSL methods")
     methods.set_defaults(handler=command_methods)

@@ -101,8 +101,9 @@ class SSLMethod(SeededStream):
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Losses of one batch: ``loss`` is optimised, every other entry is logged.
 
-        ``batch["image"]`` is ``[B, 1, S, S, S]`` on the training device and ``batch["index"]``
-        the positions of those volumes in the pretraining pool.
+        ``batch["image"]`` is ``[B, 1, S, S, S]`` on the training device, ``batch["index"]``
+        the positions of those volumes in the pretraining pool and ``batch["row"]`` their
+        positions in the cohort (to look up per-volume targets prepared by ``prepare``).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement pretraining_loss")
 

@@ -94,7 +94,11 @@ def unit_for(units: list[PretrainingUnit], seed: int, fold: int) -> PretrainingU
 
 @dataclass
 class PretrainingContext:
-    """What a method's ``prepare`` step may use, and the stage cache it stores results in."""
+    """What a method's ``prepare`` step may use, and the stage cache it stores results in.
+
+    ``notes`` collects facts the method reports about its stages (for example how well the
+    residual method's targets localise anomalies); they are written into ``pretrain.json``.
+    """
 
     unit: PretrainingUnit
     data: RunData
@@ -103,6 +107,7 @@ class PretrainingContext:
     device: torch.device
     log: Callable[[str], None] = print
     stages_used: list[str] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def labelled_training_rows(self, fraction: float = 1.0) -> np.ndarray:
         """Labelled training volumes of this unit's fold (never validation or test subjects)."""
@@ -230,6 +235,12 @@ def _split_pool(data: RunData, rows: np.ndarray, val_fraction: float, seed: int)
     return rows[~is_val], rows[is_val]
 
 
+def pool_batches(data: RunData, rows: np.ndarray) -> TensorBatches:
+    """Pretraining batches: ``image`` and ``row``, the volumes' positions in the cohort (for
+    methods that look up per-volume targets they prepared, such as residual maps)."""
+    return TensorBatches(image=data.images(rows), row=torch.as_tensor(rows, dtype=torch.long))
+
+
 def build_method(cfg: DictConfig, method: str) -> SSLMethod:
     """The method's module around a fresh ResNet18 of the configured width."""
     backbone = ResNet18(stage_widths(float(cfg.backbone.width_multiplier)))
@@ -293,7 +304,7 @@ def run_pretraining(
     )
     placement = str(cfg.runtime.cohort_on_device)
     train_loader = batch_loader(
-        TensorBatches(image=data.images(train_rows)),
+        pool_batches(data, train_rows),
         batch_size,
         int(settings.seed),
         device=device,
@@ -301,7 +312,7 @@ def run_pretraining(
     )
     val_loader = (
         batch_loader(
-            TensorBatches(image=data.images(val_rows)),
+            pool_batches(data, val_rows),
             batch_size,
             0,
             shuffle=False,
@@ -329,6 +340,7 @@ def run_pretraining(
         best_epoch=best_epoch,
         best_val_loss=float(callbacks[0].best_model_score) if best_epoch is not None else None,
         stages=context.stages_used,
+        notes=context.notes,
         pool=pool_note,
         backbone=method.encoder.description,
         seconds=round(time.perf_counter() - started, 1),

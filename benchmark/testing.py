@@ -21,10 +21,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
 from benchmark.backbone import ResNet18
-from benchmark.batches import TensorBatches, batch_loader
+from benchmark.batches import batch_loader
 from benchmark.config import load_config, pretraining_settings
 from benchmark.method import SSLMethod
-from benchmark.pretrain import PretrainingContext, build_method, pretraining_units
+from benchmark.pretrain import PretrainingContext, build_method, pool_batches, pretraining_units
 from benchmark.probes import encoder_features
 from benchmark.rundata import RunData, prepare_data
 from benchmark.runtime import make_trainer, prepare_module, resolve_device
@@ -93,9 +93,7 @@ def pretrain_briefly(
         max_steps=steps,
         validate=False,
     )
-    trainer.fit(
-        module, batch_loader(TensorBatches(image=data.images(rows)), int(settings.batch_size), 0)
-    )
+    trainer.fit(module, batch_loader(pool_batches(data, rows), int(settings.batch_size), 0))
     return BriefPretraining(module, recorder.logged, data)
 
 
