@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -35,12 +36,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmark.backbone import ResNet18, stage_widths
 from benchmark.batches import TensorBatches, batch_loader
 from benchmark.config import load_config, pretraining_settings
-from benchmark.datasets.cohort import load_cohort
-from benchmark.datasets.phantom import generate_phantom
 from benchmark.finetune import Classifier, class_weights
-from benchmark.pretrain import build_method
+from benchmark.method import SSLMethod
+from benchmark.pretrain import PretrainingContext, build_method, pool_batches, pretraining_units
 from benchmark.registry import get_method
-from benchmark.rundata import preprocessing
+from benchmark.rundata import RunData, prepare_data
 from benchmark.runtime import apply_threads, make_trainer, prepare_module, resolve_device
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device name, from the vendors' data sheets.
@@ -127,36 +127,61 @@ class RepeatedBatch:
 class _PerSampleVolumes(Dataset):
     """The default-settings baseline: one volume per item, stacked by the default collate."""
 
-    def __init__(self, images: Tensor):
-        self.images = images
+    def __init__(self, images: Tensor, rows: Tensor):
+        self.images, self.rows = images, rows
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"image": self.images[index], "index": torch.tensor(index)}
+        return {"image": self.images[index], "index": torch.tensor(index), "row": self.rows[index]}
 
 
-def perf_images(cfg: DictConfig, cache: Path, count: int) -> Tensor:
-    """``count`` phantom volumes at the profile's size (generated once under ``cache``)."""
+@dataclass
+class PerfData:
+    """A small phantom at the profile's volume size: ``rows`` of its pool are measured on, and
+    its labelled subjects feed stages that need labels (the residual method's autoencoder)."""
+
+    cfg: DictConfig
+    data: RunData
+    rows: np.ndarray
+    folder: Path
+
+    @property
+    def images(self) -> Tensor:
+        return self.data.images(self.rows)
+
+    def context(self, method: str) -> PretrainingContext:
+        unit = pretraining_units(self.cfg, method, self.folder)[0]
+        device = resolve_device(self.cfg.runtime)
+        return PretrainingContext(unit, self.data, self.cfg, self.rows, device, lambda m: None)
+
+
+def perf_data(cfg: DictConfig, cache: Path, count: int) -> PerfData:
+    """``count`` pool volumes and 24 labelled subjects at the profile's size (made once)."""
+    small = OmegaConf.merge(
+        cfg,
+        {
+            "data": {"manifest": None, "splits": None},
+            "phantom": {"labelled": 24, "unlabelled": (count + 1) // 2, "seed": 0},
+            "splits": {"folds": 2, "seeds": [0], "fractions": [1.0]},
+        },
+    )
     folder = cache / f"phantom-{cfg.phantom.size}-{count}"
-    manifest = folder / "manifest.csv"
-    if not manifest.exists():
-        manifest = generate_phantom(
-            folder,
-            labelled=0,
-            unlabelled=(count + 1) // 2,
-            size=int(cfg.phantom.size),
-            seed=0,
-            workers=cfg.data.workers,
-        )
-    return load_cohort(manifest, preprocessing(cfg), workers=cfg.data.workers).images[:count]
+    data = prepare_data(small, folder, log=lambda message: None)
+    rows, _ = data.pretraining_pool("unlabelled")
+    return PerfData(small, data, rows[:count], folder)
 
 
-def _fit_steps(cfg: DictConfig, method: str, loader, steps: int, views=None, runtime=None):
+def _fit_steps(
+    perf: PerfData, method: str, loader, steps: int, views=None, runtime=None
+) -> tuple[SSLMethod, list[float]]:
+    """``steps`` training steps of ``method`` (after its real ``prepare``), timed per step."""
+    cfg = perf.cfg
     runtime = runtime or cfg.runtime
     pl.seed_everything(0, verbose=False)
     module = build_method(cfg, method)
+    module.prepare(perf.context(method))
     if views is not None:
         module.views = views
     prepare_module(module, runtime)
@@ -208,36 +233,41 @@ def _bf16_peak(device: torch.device) -> float | None:
 
 
 def measure_method(
-    cfg: DictConfig,
+    perf: PerfData,
     method: str,
-    images: Tensor,
     steps: int,
     warmup: int,
     repeats: int,
     baseline: bool,
 ) -> Throughput:
     """Real path, compute-only path and (optionally) the default-settings baseline."""
+    cfg = perf.cfg
     device = resolve_device(cfg.runtime)
     batch = int(pretraining_settings(cfg, method).batch_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     real_loader = batch_loader(
-        TensorBatches(image=images),
+        pool_batches(perf.data, perf.rows),
         batch,
         seed=0,
         device=device,
         placement=str(cfg.runtime.cohort_on_device),
     )
-    module, times = _fit_steps(cfg, method, real_loader, warmup + steps)
+    module, times = _fit_steps(perf, method, real_loader, warmup + steps)
     rate, step_seconds = _median_rate(times, warmup, repeats, batch)
     peak = _peak_memory_mb(device)
 
-    fixed = {"image": images[:batch].to(device), "index": torch.arange(batch, device=device)}
+    rows = torch.as_tensor(perf.rows[:batch], dtype=torch.long)
+    fixed = {
+        "image": perf.data.images(rows).to(device),
+        "index": torch.arange(batch, device=device),
+        "row": rows.to(device),
+    }
     replay = ReplayedViews(module.views)
-    recorder, _ = _fit_steps(cfg, method, RepeatedBatch(fixed, 2), 2, views=replay)
+    recorder, _ = _fit_steps(perf, method, RepeatedBatch(fixed, 2), 2, views=replay)
     replay.recording = False
     loader = RepeatedBatch(fixed, warmup + steps)
-    _, times = _fit_steps(cfg, method, loader, warmup + steps, views=replay)
+    _, times = _fit_steps(perf, method, loader, warmup + steps, views=replay)
     compute_rate, _ = _median_rate(times, warmup, repeats, batch)
 
     tflops = mfu = None
@@ -253,9 +283,12 @@ def measure_method(
             cfg.runtime, {"channels_last": False, "precision": "32", "compile": False}
         )
         per_sample = DataLoader(
-            _PerSampleVolumes(images), batch_size=batch, shuffle=True, drop_last=True
+            _PerSampleVolumes(perf.images, torch.as_tensor(perf.rows, dtype=torch.long)),
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
         )
-        _, times = _fit_steps(cfg, method, per_sample, warmup + steps, runtime=default_runtime)
+        _, times = _fit_steps(perf, method, per_sample, warmup + steps, runtime=default_runtime)
         default_rate, _ = _median_rate(times, warmup, repeats, batch)
         speedup = rate / default_rate
     return Throughput(
@@ -382,10 +415,10 @@ def run_perf(
     cfg = load_config(profile, [*overrides, f"runtime.device={device}"], methods)
     apply_threads(cfg.runtime)
     largest_batch = max(int(pretraining_settings(cfg, m).batch_size) for m in cfg.methods)
-    images = perf_images(cfg, cache, max(2 * largest_batch, 16))
+    perf = perf_data(cfg, cache, max(2 * largest_batch, 16))
     baseline = resolve_device(cfg.runtime).type == "cpu"
     results = [
-        measure_method(cfg, method, images, steps, warmup, repeats, baseline)
+        measure_method(perf, method, steps, warmup, repeats, baseline)
         for method in cfg.methods
         if get_method(method).needs_pretraining
     ]
@@ -393,7 +426,7 @@ def run_perf(
         f"profile {cfg.profile}, device {device}, {steps} timed steps after {warmup} warm-up",
         format_table(results),
     ]
-    epoch_seconds = finetune_epoch_seconds(cfg, images, repeats)
+    epoch_seconds = finetune_epoch_seconds(cfg, perf.images, repeats)
     report.append(f"fine-tuning: {epoch_seconds:.2f} s per epoch of a paper-sized training fold")
     if estimate:
         caveat = (

@@ -27,7 +27,7 @@ def test_perf_writes_a_table_and_json(tmp_path, capsys):
             "--profile",
             "smoke",
             "--methods",
-            "scratch,simclr",
+            "scratch,simclr,residual",
             "--steps",
             "2",
             "--warmup",
@@ -43,8 +43,10 @@ def test_perf_writes_a_table_and_json(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "| simclr | cpu | 32 |" in printed and "fine-tuning:" in printed and "total:" in printed
-    (result,) = json.loads(output.read_text())  # scratch has no pretraining to measure
+    # scratch has no pretraining to measure; residual runs its stages (CAE, targets) first.
+    result, residual = json.loads(output.read_text())
     assert FIELDS <= set(result) and result["method"] == "simclr"
+    assert residual["method"] == "residual" and residual["volumes_per_s"] > 0
     assert result["volumes_per_s"] > 0 and result["volumes_per_s_compute_only"] > 0
     assert 0 <= result["data_overhead"] < 1 and result["speedup"] > 0
     assert result["tflops"] is None and result["mfu"] is None  # FLOP/s are reported on CUDA
