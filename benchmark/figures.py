@@ -400,12 +400,19 @@ def draw_localisation(
     axis.legend(loc="upper right", fontsize=7)
 
 
+def _first_to_lowest(losses: np.ndarray) -> np.ndarray:
+    span = losses[0] - losses.min()
+    return (losses - losses.min()) / span if span > 0 else np.ones_like(losses)
+
+
 def draw_relative_losses(
     axis: Axes, tables: dict[str, list[pd.DataFrame]], colours: dict[str, tuple]
 ) -> None:
-    """Each method's training loss divided by its first epoch's (mean over its units)."""
+    """Each method's training loss rescaled so its first epoch is 1 and its lowest epoch 0
+    (mean over its units): losses of different methods, some negative (a negative cosine),
+    share one axis and show how far and how fast each fell."""
     for method, method_tables in sorted(tables.items()):
-        curves = [t["train_loss"].to_numpy() / t["train_loss"].iloc[0] for t in method_tables]
+        curves = [_first_to_lowest(t["train_loss"].to_numpy()) for t in method_tables]
         length = min(map(len, curves))
         mean = np.mean([c[:length] for c in curves], axis=0)
         axis.plot(
@@ -415,9 +422,9 @@ def draw_relative_losses(
             color=colours.get(method, "C0"),
             label=method,
         )
-    axis.axhline(1.0, color="black", lw=0.8, ls=":")
+    axis.axhline(0.0, color="black", lw=0.8, ls=":")
     axis.set_xlabel("epoch")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_ylabel("training loss / first epoch's")
+    axis.set_ylabel("training loss (first epoch 1, lowest 0)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)

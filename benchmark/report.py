@@ -462,7 +462,7 @@ def _summary_page(
         f"test subjects{reference_text}"
     )
     return figures.summary_page(
-        f"ssl3d benchmark: {', '.join(methods)}",
+        f"ssl3d benchmark: {', '.join(methods) if len(methods) <= 6 else f'{len(methods)} methods'}",
         subtitle,
         panels,
         [out / "figures" / "summary.png", out / "figures" / "summary.pdf"],
