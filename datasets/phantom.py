@@ -28,11 +28,11 @@ import nibabel as nib
 import numpy as np
 
 from .phantom_anatomy import (
+    AIR,
     CYST_FLUID,
     INFLAMED_MUCOSA,
     POLYP,
     SECRETIONS,
-    AIR,
     Finding,
     Head,
     SinusAnatomy,
