@@ -91,6 +91,15 @@ class SSLMethod(SeededStream):
     def check_settings(self, batch_size: int) -> None:
         """Raise ``MethodConfigError`` for settings that cannot work, before any training."""
 
+    def require_batches_of(self, batch_size: int, minimum: int, because: str) -> None:
+        """``MethodConfigError`` when batches hold fewer than ``minimum`` volumes (for
+        ``check_settings``); ``because`` says what needs them."""
+        if batch_size < minimum:
+            raise MethodConfigError(
+                f"{self.name} needs at least {minimum} volumes per batch ({because}), got "
+                f"{batch_size}; raise pretrain.batch_size or add unlabelled volumes"
+            )
+
     def prepare(self, context: PretrainingContext) -> None:
         """Compute what the method needs before training (cached with ``context.stage``)."""
 

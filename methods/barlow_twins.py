@@ -4,7 +4,7 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from torch import Tensor
 
-from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.method import SSLMethod
 from benchmark.registry import register_method
 
 
@@ -29,12 +29,9 @@ class BarlowTwins(SSLMethod):
         self.criterion = BarlowTwinsLoss(lambda_param=settings.redundancy_weight)
 
     def check_settings(self, batch_size: int) -> None:
-        if batch_size < 2:
-            raise MethodConfigError(
-                f"barlow_twins needs at least 2 volumes per batch (its loss standardises every "
-                f"embedding dimension over the batch), got {batch_size}; raise "
-                "pretrain.batch_size or add unlabelled volumes"
-            )
+        self.require_batches_of(
+            batch_size, 2, "its loss standardises every embedding dimension over the batch"
+        )
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]

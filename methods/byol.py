@@ -46,12 +46,9 @@ class BYOL(SSLMethod):
         return self.target["backbone"] if self.settings.encoder == "target" else self.backbone
 
     def check_settings(self, batch_size: int) -> None:
-        if batch_size < 2:
-            raise MethodConfigError(
-                f"byol needs at least 2 volumes per batch (BatchNorm in its projector and "
-                f"predictor normalises over the batch), got {batch_size}; raise "
-                "pretrain.batch_size or add unlabelled volumes"
-            )
+        self.require_batches_of(
+            batch_size, 2, "BatchNorm in its projector and predictor normalises over the batch"
+        )
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]

@@ -162,12 +162,11 @@ class DrasCLR(SSLMethod):
         return PatchGrid.of(size, float(s.patch_fraction), int(s.grid), int(s.neighbours))
 
     def check_settings(self, batch_size: int) -> None:
-        if batch_size < 2:
-            raise MethodConfigError(
-                f"drasclr needs at least 2 volumes per batch, got {batch_size}: with one, "
-                "BatchNorm normalises a volume's patches by that volume's own statistics; "
-                "raise method.drasclr.pretrain.batch_size or add unlabelled volumes"
-            )
+        self.require_batches_of(
+            batch_size,
+            2,
+            "with one, BatchNorm normalises a volume's patches by that volume's own statistics",
+        )
         if self.settings.queue_size < batch_size:
             raise MethodConfigError(
                 f"method.drasclr.queue_size={self.settings.queue_size} holds less than one batch "

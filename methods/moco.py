@@ -47,12 +47,9 @@ class MoCo(SSLMethod):
 
     def check_settings(self, batch_size: int) -> None:
         settings = self.settings
-        if batch_size < 2:
-            raise MethodConfigError(
-                f"moco needs at least 2 volumes per batch (BatchNorm in the backbone normalises "
-                f"over the batch), got {batch_size}; raise pretrain.batch_size or add "
-                "unlabelled volumes"
-            )
+        self.require_batches_of(
+            batch_size, 2, "BatchNorm in the backbone normalises over the batch"
+        )
         if settings.queue_size <= 0 or settings.queue_size % batch_size:
             raise MethodConfigError(
                 f"method.moco.queue_size ({settings.queue_size}) must be a positive multiple of "

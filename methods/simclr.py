@@ -30,11 +30,7 @@ class SimCLR(SSLMethod):
         self.criterion = NTXentLoss(temperature=settings.temperature, gather_distributed=True)
 
     def check_settings(self, batch_size: int) -> None:
-        if batch_size < 2:
-            raise MethodConfigError(
-                f"simclr needs at least 2 volumes per batch for negatives, got {batch_size}; "
-                "raise method.simclr.pretrain.batch_size or add unlabelled volumes"
-            )
+        self.require_batches_of(batch_size, 2, "the other volumes of a batch are the negatives")
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]

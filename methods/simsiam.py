@@ -4,7 +4,7 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.method import SSLMethod
 from benchmark.registry import register_method
 
 
@@ -29,12 +29,9 @@ class SimSiam(SSLMethod):
         self.criterion = NegativeCosineSimilarity()
 
     def check_settings(self, batch_size: int) -> None:
-        if batch_size < 2:
-            raise MethodConfigError(
-                f"simsiam needs at least 2 volumes per batch (BatchNorm in its projector and "
-                f"predictor normalises over the batch), got {batch_size}; raise "
-                "pretrain.batch_size or add unlabelled volumes"
-            )
+        self.require_batches_of(
+            batch_size, 2, "BatchNorm in its projector and predictor normalises over the batch"
+        )
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]

@@ -4,7 +4,7 @@ from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 from torch import Tensor
 
-from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.method import SSLMethod
 from benchmark.registry import register_method
 
 
@@ -33,12 +33,9 @@ class VICReg(SSLMethod):
         )
 
     def check_settings(self, batch_size: int) -> None:
-        if batch_size < 2:
-            raise MethodConfigError(
-                f"vicreg needs at least 2 volumes per batch (its variance and covariance terms "
-                f"are statistics over the batch), got {batch_size}; raise pretrain.batch_size "
-                "or add unlabelled volumes"
-            )
+        self.require_batches_of(
+            batch_size, 2, "its variance and covariance terms are statistics over the batch"
+        )
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]

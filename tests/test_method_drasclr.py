@@ -34,7 +34,7 @@ def test_both_losses_fall_once_the_queues_hold_real_keys(brief, loss):
     # steps (16 keys, batches of 8); compare from there on.
     early, late = sum(values[4:16]) / 12, sum(values[-12:]) / 12
     assert late < early, f"{loss}: {early:.3f} -> {late:.3f}"
-    assert brief.logged["embedding_std"][-1] > 0.5 / 128**0.5  # 128-d output, not collapsed
+    assert brief.logged["embedding_std"][-1] > 0.25 / 128**0.5  # 128-d output, not collapsed
 
 
 def test_the_conditioned_kernel_depends_on_the_location():
