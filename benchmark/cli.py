@@ -3,6 +3,7 @@
     ssl3d run [--profile P] [--methods a,b] [--data MANIFEST] [--out DIR] [--force] [key=value ...]
     ssl3d report OUT [--format md|latex|csv] [--metric auprc|auroc|f1] [--reference METHOD]
                      [--fraction F] [--bootstrap N]
+    ssl3d tune --method M [--out DIR] [--trials N] [--storage URL] [--profile P] [key=value ...]
     ssl3d ablate METHOD --out DIR [--profile P] [--grids a,b] [key=value ...]
     ssl3d residual-figure OUT --out FILE.png [--seed S] [--fold K] [--examples N]
     ssl3d methods
@@ -92,6 +93,23 @@ def command_report(args: argparse.Namespace) -> None:
     print(report.texts[FORMATS[args.format]])
     for note in report.notes:
         print(f"note: {note}")
+
+
+def command_tune(args: argparse.Namespace) -> None:
+    from benchmark.tuning import run_tuning
+
+    if args.protocol:
+        args.overrides.append(f"tune.protocol={args.protocol}")
+    budget, files = run_tuning(
+        args.method, Path(args.out), args.profile, args.overrides, args.trials, args.storage
+    )
+    print("\nResults:")
+    for path in files:
+        print(f"  {path}")
+    if budget.best_value is not None:
+        print(f"\nbest mean validation AUPRC {budget.best_value:.3f} with:")
+        for setting, value in budget.best_params.items():
+            print(f"  {setting}={value}")
 
 
 def command_ablate(args: argparse.Namespace) -> None:
@@ -284,6 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--estimate", action="store_true", help="estimate the paper grid's wall time")
     perf.add_argument("--cache", default="results/perf", help="where the perf phantom is kept")
     perf.set_defaults(handler=command_perf)
+
+    tune = commands.add_parser(
+        "tune", help="tune a method's search space with optuna on validation partitions only"
+    )
+    tune.add_argument("--method", required=True, help="a method with a search_space in its YAML")
+    _add_settings_arguments(tune)
+    tune.add_argument("--protocol", help="the protocol judged (default: the tune.protocol setting)")
+    tune.add_argument("--trials", type=_positive_int, help="finished trials (default: tune.trials)")
+    tune.add_argument("--storage", help="optuna storage URL (default: sqlite:///OUT/tuning.db)")
+    tune.add_argument("--out", default="results/tune", help="tuning folder (default: results/tune)")
+    tune.set_defaults(handler=command_tune)
 
     ablate = commands.add_parser(
         "ablate", help="run a method's ablation grids (configs/ablations/METHOD.yaml)"

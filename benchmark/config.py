@@ -235,9 +235,11 @@ def pretraining_settings(cfg: DictConfig, method: str) -> DictConfig:
 
 
 def method_hparams(cfg: DictConfig, method: str) -> DictConfig:
-    """A method's own hyper-parameters (its YAML without the ``pretrain`` overrides)."""
+    """A method's own hyper-parameters (its YAML without the ``pretrain`` overrides and the
+    ``search_space`` that ``ssl3d tune`` reads)."""
     section = OmegaConf.to_container(cfg.method[method], resolve=True)
     section.pop("pretrain", None)
+    section.pop("search_space", None)
     return OmegaConf.create(section)
 
 

@@ -10,6 +10,8 @@ configuration per report), resamples test subjects once for the whole report
   records pathologies and masks (otherwise a note says why they are absent);
 - ``figures/{auprc,auroc,f1}_vs_fraction.png``, ``figures/pr_curves_f<F>.png``,
   ``figures/pretraining_losses.png``, ``figures/summary.{png,pdf}``;
+- ``tables/tuning.md`` when the run took tuned settings (``ssl3d run --tuned``): each method's
+  trials, hours and best settings, so that equal tuning effort is visible;
 - ``report.md``: every table, the notes and the figures on one page.
 """
 
@@ -34,6 +36,7 @@ from benchmark.summaries import (
     localisation_results,
     pathology_results,
 )
+from benchmark.tuning import budget_markdown
 
 HEADLINE_PROTOCOL = "finetune"
 CHANCE = {
@@ -304,6 +307,15 @@ def write_report(
             "finetune.localisation.enabled is false, or no finetune cell finished): "
             "localisation skipped"
         )
+    tuning = out / "tuning.json"
+    if tuning.exists():
+        markdown["tuning"] = budget_markdown(tuning)
+        files.append(out / "tables" / "tuning.md")
+        files[-1].write_text(markdown["tuning"])
+    else:
+        notes.append(
+            "no method was tuned (`ssl3d run --tuned`): every method ran with its YAML settings"
+        )
     files += _summary_page(
         headline[metric][0], headline[metric][1], results, test_set, pathology, localisation,
         losses, protocols, chosen, metric, reference, colours, context, out,
@@ -483,7 +495,11 @@ def _write_overview(
     sections = ["# ssl3d report", ""]
     if notes:
         sections += ["## Notes", "", *(f"- {note}" for note in notes), ""]
-    titles = {"pathology": "Per finding", "localisation": "Localisation"}
+    titles = {
+        "pathology": "Per finding",
+        "localisation": "Localisation",
+        "tuning": "Tuning budget (ssl3d tune)",
+    }
     for name, text in markdown.items():
         sections += [f"## {titles.get(name, name.upper())}", "", text]
     sections += ["## Figures", ""]
