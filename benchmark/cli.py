@@ -1,6 +1,7 @@
 """The ``ssl3d`` command (also ``python -m benchmark``).
 
-    ssl3d run [--profile P] [--methods a,b] [--data MANIFEST] [--out DIR] [--force] [key=value ...]
+    ssl3d run [--profile P] [--methods a,b] [--data MANIFEST] [--out DIR] [--force]
+              [--tuned STORAGE] [key=value ...]
     ssl3d report OUT [--format md|latex|csv] [--metric auprc|auroc|f1] [--reference METHOD]
                      [--fraction F] [--bootstrap N]
     ssl3d tune --method M [--out DIR] [--trials N] [--storage URL] [--profile P] [key=value ...]
@@ -62,8 +63,19 @@ def command_run(args: argparse.Namespace) -> None:
 
     if args.data and not Path(args.data).exists():
         raise UserError(f"--data {args.data}: no such manifest file")
-    cfg = _load(args, _comma_list(args.methods) if args.methods else None)
+    methods = _comma_list(args.methods) if args.methods else None
+    cfg = _load(args, methods)
     out = Path(args.out)
+    budgets = []
+    if args.tuned:
+        from benchmark.tuning import tuned_overrides
+
+        tuned, budgets = tuned_overrides(cfg, args.tuned)
+        args.overrides = [*tuned, *args.overrides]  # settings given by hand win
+        cfg = _load(args, methods)
+    from benchmark.tuning import record_budgets
+
+    record_budgets(out, budgets, cfg.methods)
     run_grid(cfg, out, force=args.force)
     report = write_report(out)
     print("\nResults:")
@@ -255,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--force", action="store_true", help="recompute results made with other settings"
+    )
+    run.add_argument(
+        "--tuned",
+        metavar="STORAGE",
+        help="take each method's best settings from the `ssl3d tune` studies in this storage",
     )
     run.set_defaults(handler=command_run)
 

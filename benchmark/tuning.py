@@ -485,11 +485,15 @@ def tuned_overrides(cfg: DictConfig, storage: str) -> tuple[list[str], list[Budg
     return overrides, budgets
 
 
-def write_budgets(out: Path, budgets: list[Budget], methods: Sequence[str]) -> Path:
-    """``OUT/tuning.json``: every method's tuning budget (untuned methods with none)."""
+def record_budgets(out: Path, budgets: list[Budget], methods: Sequence[str]) -> Path | None:
+    """``OUT/tuning.json``: every method's tuning budget (untuned methods with none); a run
+    without tuned settings removes an earlier run's file, so the report never claims tuning."""
+    path = Path(out) / "tuning.json"
+    if not budgets:
+        path.unlink(missing_ok=True)
+        return None
     tuned = {b.method: vars(b) for b in budgets}
     records = [tuned.get(m, {"method": m, "study": None}) for m in methods]
-    path = Path(out) / "tuning.json"
     write_json_atomic(path, {"methods": records})
     return path
 

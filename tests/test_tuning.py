@@ -7,6 +7,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.rundata import prepare_data
 from benchmark.tuning import (
@@ -16,10 +17,10 @@ from benchmark.tuning import (
     open_storage,
     open_study,
     optimise,
+    record_budgets,
     run_tuning,
     search_space,
     tuned_overrides,
-    write_budgets,
 )
 
 
@@ -153,7 +154,7 @@ def test_a_run_takes_the_best_settings_and_states_every_budget(tuned_study):
     assert tuned.method.simclr.pretrain.lr == pytest.approx(best["method.simclr.pretrain.lr"])
     assert [b.method for b in budgets] == ["simclr"]
 
-    path = write_budgets(out / "run", budgets, cfg.methods)
+    path = record_budgets(out / "run", budgets, cfg.methods)
     records = json.loads(path.read_text())["methods"]
     assert [r["method"] for r in records] == ["scratch", "simclr"]
     table = budget_markdown(path)
@@ -162,3 +163,25 @@ def test_a_run_takes_the_best_settings_and_states_every_budget(tuned_study):
 
     with pytest.raises(TuningError, match="profile smoke.*uses quick"):
         tuned_overrides(load_config("quick", methods=["simclr"]), url)
+
+    assert record_budgets(out / "run", [], cfg.methods) is None
+    assert not path.exists()  # a later untuned run must not claim tuning
+
+
+def test_ssl3d_run_tuned_uses_the_study_and_reports_the_budget(tuned_study, capsys):
+    out, budget, _ = tuned_study
+    run = out / "tuned-run"
+    main(
+        [
+            "run", "--profile", "smoke", "--methods", "scratch,simclr", "--out", str(run),
+            "--tuned", f"sqlite:///{out / 'tuning.db'}",
+            "finetune.protocols=[linear]", "pretrain.max_epochs=1",
+        ]
+    )  # fmt: skip
+    settings = OmegaConf.load(run / "run.yaml")
+    best = budget.best_params["method.simclr.temperature"]
+    assert settings.method.simclr.temperature == pytest.approx(best)
+    report = (run / "report.md").read_text()
+    assert "## Tuning budget (ssl3d tune)" in report
+    assert "| scratch | not tuned (defaults) |" in report
+    assert (run / "tables" / "tuning.md").exists()
