@@ -1,7 +1,7 @@
 """The ``ssl3d`` command (also ``python -m benchmark``).
 
     ssl3d run [--profile P] [--methods a,b] [--data MANIFEST] [--out DIR] [--force]
-              [--tuned STORAGE] [key=value ...]
+              [--tuned STORAGE] [--executor local|ray] [--ray-address ADDRESS] [key=value ...]
     ssl3d report OUT [--format md|latex|csv] [--metric auprc|auroc|f1] [--reference METHOD]
                      [--fraction F] [--bootstrap N]
     ssl3d tune --method M [--out DIR] [--trials N] [--storage URL] [--profile P] [key=value ...]
@@ -63,6 +63,10 @@ def command_run(args: argparse.Namespace) -> None:
 
     if args.data and not Path(args.data).exists():
         raise UserError(f"--data {args.data}: no such manifest file")
+    if args.executor:
+        args.overrides.append(f"executor.name={args.executor}")
+    if args.ray_address:
+        args.overrides.append(f"executor.address={args.ray_address}")
     methods = _comma_list(args.methods) if args.methods else None
     cfg = _load(args, methods)
     out = Path(args.out)
@@ -272,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tuned",
         metavar="STORAGE",
         help="take each method's best settings from the `ssl3d tune` studies in this storage",
+    )
+    run.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        help="local: this process; ray: Ray tasks, see the executor settings (default: local)",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --executor ray: the Ray cluster to use (default: a local Ray instance)",
     )
     run.set_defaults(handler=command_run)
 
