@@ -10,6 +10,9 @@ import time
 import pandas as pd
 import pytest
 import torch
+from benchmark.datasets.manifest import read_manifest
+from benchmark.datasets.splits import LeakError, make_splits
+from conftest import write_manifest
 from sklearn.metrics import average_precision_score
 
 from benchmark.backbone import monai_resnet18, stage_widths
@@ -216,3 +219,27 @@ def test_missing_manifest_is_a_clear_error(tmp_path, capsys):
         )
     assert status.value.code == 2
     assert "nope.csv: no such manifest file" in capsys.readouterr().err
+
+
+def test_a_run_refuses_a_pretraining_pool_holding_a_test_subject(tmp_path, cohort_factory):
+    """A subject with a labelled sinus in the test set and an unlabelled scan in the pool."""
+    cohort = cohort_factory(subjects=12, unlabelled=4)
+    rows = cohort.rows
+    cfg = load_config(
+        "smoke",
+        [f"data.manifest={cohort.manifest}", "data.size=8", "data.crop=9"],
+        methods=["simclr"],
+    )
+    table = read_manifest(cohort.manifest).table
+    splits = make_splits(
+        table[table["label"].notna()],
+        test=float(cfg.splits.test),
+        folds=int(cfg.splits.folds),
+        seeds=tuple(cfg.splits.seeds),
+        fractions=tuple(cfg.splits.fractions),
+    )
+    test_subject = splits.loc[splits["partition"] == "test", "subject_id"].iloc[0]
+    unlabelled = [dict(row, subject_id=test_subject, side="") for row in rows if not row["label"]]
+    write_manifest(cohort.manifest, [r for r in rows if r["label"]] + unlabelled[:1])
+    with pytest.raises(LeakError, match=f"test subject.*{test_subject}"):
+        run_grid(cfg, tmp_path / "out", quiet=True)
