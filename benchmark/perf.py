@@ -336,33 +336,38 @@ def format_table(results: list[Throughput]) -> str:
 def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float) -> str:
     """Wall time of the full ``paper`` grid on this device from the measured step costs.
 
-    Assumes every pretraining runs its ``max_epochs`` over the paper pool and every cell its
-    ``max_epochs`` (early stopping only shortens both), one unit at a time.
+    Every pretraining unit runs its ``max_epochs`` over the paper pool (a fold-scoped method,
+    such as ``residual``, one unit per seed and fold) and every ``finetune`` cell of every
+    method (``scratch`` included) its ``max_epochs`` over its label fraction's training set,
+    one at a time; early stopping only shortens both. Not counted: methods' prepare stages
+    (the residual method's autoencoder), validation passes and the cheap probe cells.
     """
     paper = load_config("paper")
     pool = 2 * int(paper.phantom.unlabelled) * (1 - float(paper.pretrain.val_fraction))
+    runs = len(paper.splits.seeds) * int(paper.splits.folds)
     lines, total = [], 0.0
     for result in results:
         settings = pretraining_settings(paper, result.method)
-        steps = int(settings.max_epochs) * pool / int(settings.batch_size)
-        hours = steps * int(settings.batch_size) / result.volumes_per_s / 3600
+        units = runs if get_method(result.method).pretraining_scope == "fold" else 1
+        hours = units * int(settings.max_epochs) * pool / result.volumes_per_s / 3600
         total += hours
+        each = f"{units} units (one per seed and fold), " if units > 1 else ""
         lines.append(
-            f"  {result.method}: pretraining {hours:.1f} h (at most {settings.max_epochs} epochs)"
+            f"  {result.method}: pretraining {hours:.1f} h ({each}at most {settings.max_epochs} "
+            "epochs)"
         )
-    cells = (
-        len(results)
-        * len(paper.splits.fractions)
-        * int(paper.splits.folds)
-        * len(paper.splits.seeds)
-    )
-    cell_hours = cells * int(paper.finetune.max_epochs) * finetune_epoch_seconds / 3600
+    methods = len(paper.methods)
+    cells = methods * len(paper.splits.fractions) * runs
+    epochs = methods * runs * sum(float(f) for f in paper.splits.fractions)  # full-set epochs
+    cell_hours = epochs * int(paper.finetune.max_epochs) * finetune_epoch_seconds / 3600
     total += cell_hours
     lines.append(
-        f"  {cells} fine-tuning cells: {cell_hours:.1f} h (at most {paper.finetune.max_epochs} epochs each)"
+        f"  {cells} fine-tuning cells of {methods} methods: {cell_hours:.1f} h (at most "
+        f"{paper.finetune.max_epochs} epochs each over its label fraction)"
     )
     return (
-        "Estimated paper-profile grid on this device (upper bound):\n"
+        "Estimated paper-profile grid on this device (epochs at their maximum; not counted: "
+        "prepare stages, validation passes, probe cells):\n"
         + "\n".join(lines)
         + (f"\n  total: {total:.1f} h")
     )

@@ -4,6 +4,8 @@ targets belong to the benchmark command, never to tests)."""
 import json
 
 from benchmark.cli import main
+from benchmark.config import load_config, pretraining_settings
+from benchmark.perf import Throughput, estimate_paper_grid
 
 FIELDS = {
     "method",
@@ -50,3 +52,27 @@ def test_perf_writes_a_table_and_json(tmp_path, capsys):
     assert result["volumes_per_s"] > 0 and result["volumes_per_s_compute_only"] > 0
     assert 0 <= result["data_overhead"] < 1 and result["speedup"] > 0
     assert result["tflops"] is None and result["mfu"] is None  # FLOP/s are reported on CUDA
+
+
+def test_the_paper_grid_estimate_counts_every_unit_and_cell():
+    """1,000 volumes/s and 1 s per full fine-tuning epoch, counted by hand from the paper
+    profile: fold-scoped methods pretrain once per seed and fold, and every method's
+    (scratch's too) fine-tuning cells train over their label fraction's share of the set."""
+    paper = load_config("paper")
+    measured = [
+        Throughput(m, "cpu", 64, 64, 1000.0, 1000.0, 0.0, 0.0, None, None, None, None, 0.1)
+        for m in ("simclr", "residual")
+    ]
+    text = estimate_paper_grid(measured, finetune_epoch_seconds=1.0)
+    pool = 2 * paper.phantom.unlabelled * (1 - paper.pretrain.val_fraction)
+    runs = len(paper.splits.seeds) * paper.splits.folds
+    simclr = pretraining_settings(paper, "simclr").max_epochs * pool / 1000 / 3600
+    residual = runs * pretraining_settings(paper, "residual").max_epochs * pool / 1000 / 3600
+    epochs = len(paper.methods) * runs * sum(paper.splits.fractions) * paper.finetune.max_epochs
+    assert f"simclr: pretraining {simclr:.1f} h" in text
+    assert f"residual: pretraining {residual:.1f} h ({runs} units" in text
+    cells = len(paper.methods) * len(paper.splits.fractions) * runs
+    assert (
+        f"{cells} fine-tuning cells of {len(paper.methods)} methods: {epochs / 3600:.1f} h" in text
+    )
+    assert f"total: {simclr + residual + epochs / 3600:.1f} h" in text
