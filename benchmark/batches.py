@@ -17,26 +17,37 @@ from benchmark.runtime import RuntimeSettingError
 
 
 class EpochShuffle(Sampler[int]):
-    """A permutation of ``range(length)`` that depends only on (seed, epoch).
+    """A permutation of ``range(length)`` that depends only on (seed, epoch), or one rank's
+    shard of it.
 
     Lightning calls ``set_epoch`` before each epoch, so a resumed run sees the same order as an
-    uninterrupted one.
+    uninterrupted one. With ``world_size`` ranks, every rank draws the same permutation, cuts
+    it to a multiple of ``world_size`` (leaving out up to ``world_size - 1`` volumes, other
+    ones each epoch) and takes every ``world_size``-th volume from position
+    ``rank``: the shards are disjoint and equally long, and the ``k``-th batches of all ranks
+    together hold the volumes of one device's ``k``-th batch of ``world_size`` times the size
+    (all but the last batch, which each rank merges on its own: ``NoSingletonBatches``).
     """
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True):
+    def __init__(
+        self, length: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
+    ):
         self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.length))
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.length, generator=generator).tolist()
+        else:
+            order = list(range(self.length))
+        return iter(order[: len(self) * self.world_size][self.rank :: self.world_size])
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.world_size
 
 
 class NoSingletonBatches(BatchSampler):
@@ -122,17 +133,21 @@ def batch_loader(
     shuffle: bool = True,
     device: torch.device | None = None,
     placement: str = "auto",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A DataLoader of whole batches from ``dataset`` (no worker processes needed).
 
     For a CUDA ``device`` the dataset moves onto the GPU when it fits (``fits_on_device``), so
     a batch is a gather there and nothing crosses the bus per step; otherwise its batches are
-    pinned, so that the host-to-device copy is asynchronous.
+    pinned, so that the host-to-device copy is asynchronous. Under data-parallel training each
+    rank loads batches of ``batch_size`` from its shard of every epoch (``EpochShuffle``);
+    Lightning's distributed sampler is off (``make_trainer``), since this one shards already.
     """
     on_gpu = device is not None and fits_on_device(dataset.nbytes, device, placement)
     if on_gpu:
         dataset = dataset.to(device)
-    sampler = EpochShuffle(len(dataset), seed, shuffle)
+    sampler = EpochShuffle(len(dataset), seed, shuffle, rank, world_size)
     batches = NoSingletonBatches(sampler, batch_size=batch_size, drop_last=False)
     pin = device is not None and device.type == "cuda" and not on_gpu
     return DataLoader(dataset, batch_sampler=batches, collate_fn=_already_batched, pin_memory=pin)

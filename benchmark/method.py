@@ -66,6 +66,10 @@ class SSLMethod(SeededStream):
     config_file: ClassVar[str | None] = None
     pretraining_scope: ClassVar[str] = "run"
     needs_pretraining: ClassVar[bool] = True
+    # Under data-parallel pretraining every rank holds a share of the batch; SyncBatchNorm
+    # normalises over the whole batch, as one device would (SimCLR, BYOL and their successors
+    # train with it). A method whose BatchNorm layers cannot be swapped for torch's sets False.
+    sync_batchnorm: ClassVar[bool] = True
 
     def __init__(self, backbone: ResNet18, settings: DictConfig, training: DictConfig):
         super().__init__()
@@ -136,7 +140,21 @@ class SSLMethod(SeededStream):
         super().on_fit_start()
         self._saw_nonfinite_loss = torch.zeros((), dtype=torch.bool, device=self.device)
 
+    def on_train_epoch_start(self) -> None:
+        """Under data-parallel training, a random stream per (rank, epoch).
+
+        Ranks must not draw the same views for their different volumes, and checkpoints are
+        written at epoch ends by rank 0 alone, so a stream that restarts at every epoch from
+        (seed, rank, epoch) resumes exactly without storing every rank's state. One device
+        keeps its single stream across epochs (``SeededStream``).
+        """
+        if self.trainer.world_size > 1:
+            seed = (self.stream_seed * 1_000_003 + self.current_epoch) * 1_009 + self.global_rank
+            self._train_rng = torch.Generator().manual_seed(seed)
+
     def _log_losses(self, losses: dict[str, Tensor], stage: str, batch_size: int) -> None:
+        # sync_dist: the epoch's value is the mean over all ranks' volumes (equal shards), so
+        # losses.csv, checkpointing and early stopping see the same number on every rank.
         for key, value in losses.items():
             self.log(
                 f"{stage}_{key}",
@@ -145,6 +163,7 @@ class SSLMethod(SeededStream):
                 on_epoch=True,
                 prog_bar=key == "loss",
                 batch_size=batch_size,
+                sync_dist=True,
             )
 
     def training_step(self, batch: dict[str, Tensor], batch_index: int) -> dict[str, Tensor]:
@@ -160,7 +179,8 @@ class SSLMethod(SeededStream):
         self._log_losses(self.pretraining_loss(batch), "val", batch["image"].shape[0])
 
     def on_train_epoch_end(self) -> None:
-        if bool(self._saw_nonfinite_loss):
+        # Decided together: a rank that stopped alone would leave the others waiting.
+        if self.trainer.strategy.reduce_boolean_decision(bool(self._saw_nonfinite_loss), all=False):
             raise NonFiniteLossError(
                 f"{self.name}: the pretraining loss became NaN or infinite in epoch "
                 f"{self.current_epoch}; lower pretrain.lr or check the input data"

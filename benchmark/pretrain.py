@@ -10,6 +10,13 @@ Each unit writes, under its directory::
     pretrain.json   status, config hash, resolved settings, timings, versions
     stages/         cached products of the method's ``prepare`` step
     checkpoints/    last and best Lightning checkpoints while running (removed when done)
+
+Data-parallel pretraining (``runtime.devices`` x ``runtime.num_nodes`` > 1) runs this same
+function in every rank's process. ``pretrain.batch_size`` stays the global batch: each rank
+trains on its ``1 / world_size`` share of every batch, from its own shard of each epoch
+(``benchmark/batches.py``), so the steps per epoch, the learning-rate schedule and the methods'
+queues mean what they mean on one device. Rank 0 alone writes files and logs; it builds the
+method's stages, which the other ranks wait for and load.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +34,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from benchmark.backbone import ResNet18, save_encoder, stage_widths
 from benchmark.batches import TensorBatches, batch_loader
@@ -36,12 +44,17 @@ from benchmark.registry import get_method
 from benchmark.results import read_json, versions, write_json_atomic
 from benchmark.rundata import RunData
 from benchmark.runtime import (
+    Ranks,
+    RuntimeSettingError,
     apply_threads,
     epoch_checkpoints,
     make_trainer,
     prepare_module,
-    resolve_device,
+    process_ranks,
+    training_device,
 )
+
+STAGE_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,8 @@ class PretrainingContext:
 
     ``notes`` collects facts the method reports about its stages (for example how well the
     residual method's targets localise anomalies); they are written into ``pretrain.json``.
+    Under data-parallel pretraining only the main rank (``builds_stages``) builds and writes a
+    stage; the others wait for its file, so no two processes build or write the same stage.
     """
 
     unit: PretrainingUnit
@@ -108,6 +123,7 @@ class PretrainingContext:
     log: Callable[[str], None] = print
     stages_used: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    builds_stages: bool = True
 
     def labelled_training_rows(self, fraction: float = 1.0) -> np.ndarray:
         """Labelled training volumes of this unit's fold (never validation or test subjects)."""
@@ -130,6 +146,8 @@ class PretrainingContext:
         key = config_hash({"settings": settings, "data": self.data.fingerprint})
         path = self.unit.directory / "stages" / f"{name}-{key}.pt"
         self.stages_used.append(path.name)
+        while not self.builds_stages and not path.exists():
+            time.sleep(STAGE_POLL_SECONDS)
         if path.exists():
             self.log(f"{self.unit.title}: reusing stage '{name}' ({path.name})")
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -183,7 +201,8 @@ def is_finished(unit: PretrainingUnit, expected_hash: str) -> bool:
 class LossTable(pl.Callback):
     """Writes ``losses.csv``: one row per epoch with every logged loss and the learning rate.
 
-    On resume, rows of epochs after the restored checkpoint are dropped first.
+    On resume, rows of epochs after the restored checkpoint are dropped first. Under
+    data-parallel training rank 0 writes it; the losses are already means over all ranks.
     """
 
     def __init__(self, path: Path):
@@ -192,7 +211,7 @@ class LossTable(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         # After Lightning restored the loop state, current_epoch is the epoch to run next.
-        if self.path.exists():
+        if trainer.is_global_zero and self.path.exists():
             with self.path.open() as handle:
                 kept = [
                     row
@@ -202,12 +221,16 @@ class LossTable(pl.Callback):
             self._write(kept)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Every rank reads the metrics: reading them is what averages them over the ranks.
+        metrics = sorted(trainer.callback_metrics.items())
+        if not trainer.is_global_zero:
+            return
         row = {
             "epoch": trainer.current_epoch,
             "seconds": round(time.perf_counter() - self.started, 2),
         }
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        for key, value in sorted(trainer.callback_metrics.items()):
+        for key, value in metrics:
             row[key] = float(value)
         rows = []
         if self.path.exists():
@@ -249,6 +272,22 @@ def build_method(cfg: DictConfig, method: str) -> SSLMethod:
     )
 
 
+def rank_batch_size(batch_size: int, ranks: Ranks) -> int:
+    """Each rank's share of the global ``pretrain.batch_size``: a whole number, at least 2."""
+    share, rest = divmod(batch_size, ranks.world_size)
+    if rest or share < 2:
+        raise RuntimeSettingError(
+            f"pretrain.batch_size={batch_size} is the global batch of {ranks.world_size} "
+            "processes (runtime.devices x runtime.num_nodes); it must split into equal shares "
+            f"of at least 2 volumes (BatchNorm, gathered negatives), e.g. {2 * ranks.world_size}"
+        )
+    return share
+
+
+def _ignore(message: str) -> None:
+    """The log of ranks other than 0 (rank 0 says everything once)."""
+
+
 def run_pretraining(
     cfg: DictConfig,
     unit: PretrainingUnit,
@@ -262,7 +301,9 @@ def run_pretraining(
         return unit.encoder_path
     settings = pretraining_settings(cfg, unit.method)
     apply_threads(cfg.runtime)
-    device = resolve_device(cfg.runtime)
+    ranks = process_ranks(cfg.runtime)
+    log = log if ranks.is_main else _ignore
+    device = training_device(cfg.runtime, ranks)
     pool_rows, pool_note = data.pretraining_pool(settings.pool)
     train_rows, val_rows = _split_pool(
         data, pool_rows, float(settings.val_fraction), int(settings.seed)
@@ -273,16 +314,21 @@ def run_pretraining(
     method = build_method(cfg, unit.method)
     batch_size = int(settings.batch_size)
     method.check_settings(min(batch_size, len(train_rows)))
-    context = PretrainingContext(unit, data, cfg, train_rows, device, log)
+    share = rank_batch_size(batch_size, ranks) if ranks.world_size > 1 else batch_size
+    context = PretrainingContext(
+        unit, data, cfg, train_rows, device, log, builds_stages=ranks.is_main
+    )
     started = time.perf_counter()
     record = {
         "status": "running",
         "config_hash": expected,
         "config": fingerprint,
         "title": unit.title,
+        "pool": pool_note,
     }
-    unit.directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(unit.record_path, record)
+    if ranks.is_main:
+        unit.directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(unit.record_path, record)
     method.prepare(context)
     prepare_module(method, cfg.runtime)
 
@@ -301,35 +347,43 @@ def run_pretraining(
         callbacks,
         int(settings.max_steps),
         validate,
+        data_parallel=True,
+        sync_batchnorm=method.sync_batchnorm,
     )
-    placement = str(cfg.runtime.cohort_on_device)
-    train_loader = batch_loader(
-        pool_batches(data, train_rows),
-        batch_size,
-        int(settings.seed),
+    loader = partial(
+        batch_loader,
+        batch_size=share,
         device=device,
-        placement=placement,
+        placement=str(cfg.runtime.cohort_on_device),
+        rank=ranks.global_rank,
+        world_size=ranks.world_size,
     )
-    val_loader = (
-        batch_loader(
-            pool_batches(data, val_rows),
-            batch_size,
-            0,
-            shuffle=False,
-            device=device,
-            placement=placement,
-        )
-        if validate
-        else None
-    )
+    train_loader = loader(pool_batches(data, train_rows), seed=int(settings.seed))
+    val_loader = loader(pool_batches(data, val_rows), seed=0, shuffle=False) if validate else None
     last = checkpoints / "last.ckpt"
     if last.exists():
         log(f"{unit.title}: resuming from {last}")
     trainer.fit(method, train_loader, val_loader, ckpt_path=last if last.exists() else None)
+    if ranks.is_main:
+        _finish_unit(unit, method, trainer, callbacks[0], context, record, started)
+        log(f"pretrained {unit.title} in {record['seconds']:.0f} s -> {unit.encoder_path}")
+    trainer.strategy.barrier()  # every rank returns once encoder.pt exists
+    return unit.encoder_path
 
+
+def _finish_unit(
+    unit: PretrainingUnit,
+    method: SSLMethod,
+    trainer: pl.Trainer,
+    checkpoints: ModelCheckpoint,
+    context: PretrainingContext,
+    record: dict,
+    started: float,
+) -> None:
+    """Rank 0 after training: the best weights exported, the record done, checkpoints gone."""
     best_epoch = None
-    if validate and callbacks[0].best_model_path:
-        best = torch.load(callbacks[0].best_model_path, map_location="cpu", weights_only=False)
+    if checkpoints.monitor and checkpoints.best_model_path:
+        best = torch.load(checkpoints.best_model_path, map_location="cpu", weights_only=False)
         method.load_state_dict(best["state_dict"])
         best_epoch = int(best["epoch"])
     save_encoder(method.encoder, unit.encoder_path)
@@ -338,15 +392,12 @@ def run_pretraining(
         status="done",
         epochs=trainer.current_epoch,
         best_epoch=best_epoch,
-        best_val_loss=float(callbacks[0].best_model_score) if best_epoch is not None else None,
+        best_val_loss=float(checkpoints.best_model_score) if best_epoch is not None else None,
         stages=context.stages_used,
         notes=context.notes,
-        pool=pool_note,
         backbone=method.encoder.description,
         seconds=round(time.perf_counter() - started, 1),
         versions=versions(),
     )
     write_json_atomic(unit.record_path, record)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    log(f"pretrained {unit.title} in {record['seconds']:.0f} s -> {unit.encoder_path}")
-    return unit.encoder_path
+    shutil.rmtree(checkpoints.dirpath, ignore_errors=True)

@@ -1,16 +1,27 @@
-"""Where and how training runs: device, precision, memory format, Lightning trainers."""
+"""Where and how training runs: device, precision, memory format, Lightning trainers.
+
+Pretraining may run data-parallel on ``runtime.devices`` devices of each of
+``runtime.num_nodes`` nodes (Lightning's DDP). Every rank is a process running the same
+command: Lightning starts the others on one node (re-running the command), ``srun`` or
+``torchrun`` start them on a cluster. ``process_ranks`` tells a process which rank it is before
+any process group exists, so that only rank 0 writes files. Evaluation cells always run on one
+device.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
 from benchmark.backbone import ResNet18
@@ -24,6 +35,9 @@ warnings.filterwarnings("ignore", message=".*is a non-tensor.*")
 warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
 # Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit; not ours to fix.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# After a data-parallel pretraining the process group stays up, and Lightning then asks every
+# single-device trainer (evaluation cells) to sync its logged values, which it need not.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 class RuntimeSettingError(UserError):
@@ -42,6 +56,50 @@ def resolve_device(runtime: DictConfig) -> torch.device:
     if requested not in ("cpu", "cuda"):
         raise RuntimeSettingError(f"runtime.device must be auto, cpu or cuda, got {requested!r}")
     return torch.device(requested)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the ``world_size`` processes of a data-parallel pretraining."""
+
+    world_size: int = 1
+    global_rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files and logs."""
+        return self.global_rank == 0
+
+
+def process_ranks(runtime: DictConfig) -> Ranks:
+    """The ranks of this process for ``runtime.devices`` x ``runtime.num_nodes`` processes.
+
+    Read from the environment its launcher set: ``torchrun`` (``RANK``, ``LOCAL_RANK``),
+    ``srun`` (``SLURM_PROCID``, ``SLURM_LOCALID``) or Lightning, which starts the other
+    processes of a node with ``LOCAL_RANK`` and ``NODE_RANK``; none of these = rank 0.
+    """
+    devices, nodes = int(runtime.devices), int(runtime.num_nodes)
+    if devices < 1 or nodes < 1:
+        raise RuntimeSettingError(
+            f"runtime.devices ({devices}) and runtime.num_nodes ({nodes}) must be at least 1"
+        )
+    world_size = devices * nodes
+    if world_size == 1:
+        return Ranks()
+    environment = os.environ
+    local = environment.get("LOCAL_RANK", environment.get("SLURM_LOCALID", "0"))
+    default_global = int(environment.get("NODE_RANK", "0")) * devices + int(local)
+    global_rank = environment.get("RANK", environment.get("SLURM_PROCID", default_global))
+    return Ranks(world_size, int(global_rank), int(local))
+
+
+def training_device(runtime: DictConfig, ranks: Ranks) -> torch.device:
+    """``resolve_device`` for one rank: on GPUs, the rank's own GPU of its node."""
+    device = resolve_device(runtime)
+    if device.type == "cuda" and ranks.world_size > 1:
+        return torch.device("cuda", ranks.local_rank)
+    return device
 
 
 def resolve_precision(runtime: DictConfig, device: torch.device) -> str:
@@ -102,6 +160,12 @@ def epoch_checkpoints(directory: Path, monitor: str | None) -> ModelCheckpoint:
     )
 
 
+def data_parallel_strategy(device: torch.device) -> DDPStrategy:
+    """Lightning's DDP: NCCL between GPUs, gloo between CPU processes (so tests can run it)."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    return DDPStrategy(process_group_backend=backend)
+
+
 def make_trainer(
     runtime: DictConfig,
     checkpoint_dir: Path,
@@ -109,12 +173,28 @@ def make_trainer(
     callbacks: list[pl.Callback],
     max_steps: int = -1,
     validate: bool = True,
+    data_parallel: bool = False,
+    sync_batchnorm: bool = False,
 ) -> pl.Trainer:
-    """A Lightning trainer for one pretraining or one evaluation cell."""
+    """A Lightning trainer for one pretraining or one evaluation cell.
+
+    ``data_parallel`` (pretraining only) trains on ``runtime.devices`` x ``runtime.num_nodes``
+    processes with DDP when that is more than one; ``sync_batchnorm`` then converts BatchNorm
+    to ``SyncBatchNorm``, which torch provides on GPUs only.
+    """
     device = resolve_device(runtime)
+    ranks = process_ranks(runtime) if data_parallel else Ranks()
+    distributed = {"devices": 1}
+    if ranks.world_size > 1:
+        distributed = {
+            "devices": int(runtime.devices),
+            "num_nodes": int(runtime.num_nodes),
+            "strategy": data_parallel_strategy(device),
+            "sync_batchnorm": sync_batchnorm and device.type == "cuda",
+        }
     return pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
+        **distributed,
         precision=resolve_precision(runtime, device),
         max_epochs=max_epochs,
         max_steps=max_steps,

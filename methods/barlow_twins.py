@@ -26,7 +26,11 @@ class BarlowTwins(SSLMethod):
         self.projection = BarlowTwinsProjectionHead(
             backbone.feature_dim, settings.projection_hidden_dim, settings.projection_output_dim
         )
-        self.criterion = BarlowTwinsLoss(lambda_param=settings.redundancy_weight)
+        # gather_distributed: under data-parallel training the cross-correlation is averaged
+        # over the ranks (each rank standardises its own share of the batch, as lightly does).
+        self.criterion = BarlowTwinsLoss(
+            lambda_param=settings.redundancy_weight, gather_distributed=True
+        )
 
     def check_settings(self, batch_size: int) -> None:
         self.require_batches_of(

@@ -222,4 +222,7 @@ class DrasCLR(SSLMethod):
         update_momentum(self.backbone, self.key_backbone, momentum)
         update_momentum(self.branch, self.key_branch, momentum)
         update_momentum(self.projection, self.key_projection, momentum)
-        self.queue.push(self._new_keys)
+        keys = self._new_keys
+        if self.trainer.world_size > 1:  # every rank's queues take the keys of the whole batch
+            keys = self.all_gather(keys).flatten(0, 1)
+        self.queue.push(keys)

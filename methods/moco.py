@@ -35,9 +35,12 @@ class MoCo(SSLMethod):
             backbone.feature_dim, settings.projection_hidden_dim, settings.projection_output_dim
         )
         self.target = MomentumCopy(self, ["backbone", "projection"])
+        # gather_distributed: under data-parallel training every rank pushes the keys of the
+        # whole batch, so each rank's queue is the one a single device would hold.
         self.criterion = NTXentLoss(
             temperature=settings.temperature,
             memory_bank_size=(settings.queue_size, settings.projection_output_dim),
+            gather_distributed=True,
         )
         # lightly leaves the queue out of the state dict; keeping it there lets a resumed run
         # continue with its queue instead of random keys.

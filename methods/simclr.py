@@ -27,6 +27,7 @@ class SimCLR(SSLMethod):
         self.projection = SimCLRProjectionHead(
             backbone.feature_dim, settings.projection_hidden_dim, settings.projection_output_dim
         )
+        # gather_distributed: under data-parallel training every rank's volumes are negatives.
         self.criterion = NTXentLoss(temperature=settings.temperature, gather_distributed=True)
 
     def check_settings(self, batch_size: int) -> None:

@@ -29,6 +29,9 @@ class SparK(SSLMethod):
     """
 
     reference = "Tian et al., ICLR 2023 (arXiv:2301.03580)"
+    # torch's SyncBatchNorm would replace the sparse BatchNorm (statistics over visible voxels
+    # only) with a dense one; each rank's share of the batch still gives it thousands of voxels.
+    sync_batchnorm = False
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)

@@ -30,6 +30,7 @@ class VICReg(SSLMethod):
             lambda_param=settings.invariance_weight,
             mu_param=settings.variance_weight,
             nu_param=settings.covariance_weight,
+            gather_distributed=True,  # variance and covariance over every rank's embeddings
         )
 
     def check_settings(self, batch_size: int) -> None:
