@@ -284,6 +284,16 @@ def rank_batch_size(batch_size: int, ranks: Ranks) -> int:
     return share
 
 
+def check_launch(cfg: DictConfig, ranks: Ranks) -> None:
+    """Data-parallel ranks are copies of this command, which a Ray worker is not."""
+    if ranks.world_size > 1 and cfg.executor.name != "local":
+        raise RuntimeSettingError(
+            "runtime.devices x runtime.num_nodes > 1 runs every rank as a copy of this command "
+            f"(Lightning, srun or torchrun), which executor.name={cfg.executor.name} cannot "
+            "start; use the local executor for data-parallel pretraining"
+        )
+
+
 def _ignore(message: str) -> None:
     """The log of ranks other than 0 (rank 0 says everything once)."""
 
@@ -302,6 +312,7 @@ def run_pretraining(
     settings = pretraining_settings(cfg, unit.method)
     apply_threads(cfg.runtime)
     ranks = process_ranks(cfg.runtime)
+    check_launch(cfg, ranks)
     log = log if ranks.is_main else _ignore
     device = training_device(cfg.runtime, ranks)
     pool_rows, pool_note = data.pretraining_pool(settings.pool)

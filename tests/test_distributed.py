@@ -21,7 +21,8 @@ from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
 from benchmark.backbone import monai_resnet18, stage_widths
 from benchmark.batches import EpochShuffle
-from benchmark.pretrain import rank_batch_size
+from benchmark.config import load_config
+from benchmark.pretrain import check_launch, rank_batch_size
 from benchmark.registry import get_method
 from benchmark.runtime import Ranks, RuntimeSettingError, make_trainer, process_ranks
 
@@ -54,6 +55,12 @@ def test_the_global_batch_splits_into_equal_shares_of_at_least_two():
     for batch_size, world_size in ((10, 4), (6, 4)):
         with pytest.raises(RuntimeSettingError, match="pretrain.batch_size"):
             rank_batch_size(batch_size, Ranks(world_size=world_size))
+
+
+def test_data_parallel_pretraining_needs_the_local_executor():
+    check_launch(load_config("smoke", ["runtime.devices=2"]), Ranks(world_size=2))
+    with pytest.raises(RuntimeSettingError, match="local executor"):
+        check_launch(load_config("smoke", ["executor.name=ray"]), Ranks(world_size=2))
 
 
 @pytest.mark.parametrize(
