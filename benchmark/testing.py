@@ -6,6 +6,7 @@ method's ``prepare`` stages, Lightning training with the method's optimiser and 
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,11 +50,13 @@ class _StepLosses(pl.Callback):
 
 @dataclass
 class BriefPretraining:
-    """A method module after a few steps, every logged loss of each step, and the data it saw."""
+    """A method module after a few steps, every logged loss of each step, the data it saw,
+    and its encoder as it was before the first step (the random init to beat on a probe)."""
 
     module: SSLMethod
     logged: dict[str, list[float]]
     data: RunData
+    initial_encoder: ResNet18
 
     @property
     def losses(self) -> list[float]:
@@ -76,6 +79,7 @@ def pretrain_briefly(
     settings = pretraining_settings(cfg, method)
     pl.seed_everything(0, verbose=False)
     module = build_method(cfg, method)
+    initial_encoder = copy.deepcopy(module.encoder)
     rows, _ = data.pretraining_pool(settings.pool)
     units = pretraining_units(cfg, method, out)
     if units:
@@ -94,7 +98,7 @@ def pretrain_briefly(
         validate=False,
     )
     trainer.fit(module, batch_loader(pool_batches(data, rows), int(settings.batch_size), 0))
-    return BriefPretraining(module, recorder.logged, data)
+    return BriefPretraining(module, recorder.logged, data, initial_encoder)
 
 
 def cross_validated_probe_auprc(encoder: ResNet18, data: RunData, folds: int = 5) -> float:

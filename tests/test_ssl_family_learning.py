@@ -1,4 +1,5 @@
-"""The two-view family learns on the smoke phantom: the loss falls and nothing collapses.
+"""The two-view family learns on the smoke phantom: the loss falls, nothing collapses, and
+the encoder beats its own random initialisation on a linear probe of the phantom labels.
 
 Except ``byol_as_released``, which the test shows collapsing: without BYOL's predictor and EMA
 target nothing stops both views from mapping to one point (Chen & He, CVPR 2021, Table 1).
@@ -7,7 +8,7 @@ target nothing stops both views from mapping to one point (Chen & He, CVPR 2021,
 import pytest
 import torch
 
-from benchmark.testing import pretrain_briefly
+from benchmark.testing import cross_validated_probe_auprc, pretrain_briefly
 
 # (method, optimiser steps, overrides). At the smoke width the ResNet18 feature is 64-d, so
 # Barlow Twins' 2048-wide projector is narrowed: its cross-correlation over batches of 8 is
@@ -54,11 +55,16 @@ def _embedding_spread(result) -> float:
 
 
 @pytest.mark.parametrize(("method", "steps", "overrides"), LEARNERS)
-def test_the_loss_falls_and_the_embedding_stays_spread_out(method, steps, overrides):
+def test_the_loss_falls_the_embedding_stays_spread_out_and_a_probe_beats_random_init(
+    method, steps, overrides
+):
     result = pretrain_briefly(method, steps=steps, overrides=overrides)
     early, late = _early_and_late(result.losses)
     assert late < early, f"{method}: loss {early:.4f} -> {late:.4f}"
     assert _embedding_spread(result) > 0.5, method
+    pretrained = cross_validated_probe_auprc(result.module.encoder, result.data)
+    initial = cross_validated_probe_auprc(result.initial_encoder, result.data)
+    assert pretrained > initial, f"{method}: probe AUPRC {pretrained:.3f} vs init {initial:.3f}"
 
 
 def test_byol_as_released_minimises_its_loss_by_collapsing():
