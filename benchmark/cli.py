@@ -60,6 +60,8 @@ def _load(args: argparse.Namespace, methods: list[str] | None = None):
 def command_run(args: argparse.Namespace) -> None:
     from benchmark.grid import run_grid
     from benchmark.report import write_report
+    from benchmark.runtime import process_ranks
+    from benchmark.tuning import record_budgets, tuned_overrides
 
     if args.data and not Path(args.data).exists():
         raise UserError(f"--data {args.data}: no such manifest file")
@@ -72,15 +74,15 @@ def command_run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     budgets = []
     if args.tuned:
-        from benchmark.tuning import tuned_overrides
-
         tuned, budgets = tuned_overrides(cfg, args.tuned)
         args.overrides = [*tuned, *args.overrides]  # settings given by hand win
         cfg = _load(args, methods)
-    from benchmark.tuning import record_budgets
-
-    record_budgets(out, budgets, cfg.methods)
+    main_rank = process_ranks(cfg.runtime).is_main  # data-parallel ranks > 0 only pretrain
+    if main_rank:
+        record_budgets(out, budgets, cfg.methods)
     run_grid(cfg, out, force=args.force)
+    if not main_rank:
+        return
     report = write_report(out)
     print("\nResults:")
     for path in report.files:

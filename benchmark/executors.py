@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.config import config_hash
 from benchmark.errors import UserError
 from benchmark.rundata import RunData, prepare_data
+from benchmark.runtime import process_ranks
 
 if TYPE_CHECKING:
     from benchmark.grid import CellTask, GridRun, UnitOutcome, UnitTask
@@ -45,12 +46,26 @@ class Executor(typing.Protocol):
 
 
 class LocalExecutor:
-    """Runs the grid in this process, method by method: its units, then its cells."""
+    """Runs the grid in this process, method by method: its units, then its cells.
+
+    Under data-parallel pretraining (``runtime.devices`` x ``runtime.num_nodes`` > 1) every
+    rank runs this same command, so every rank pretrains every unit first, in one order (they
+    meet in the same collectives, and none waits on another's cells); then rank 0 alone
+    evaluates the cells, each on one device.
+    """
 
     def run(self, grid: GridRun) -> None:
-        for method in grid.cfg.methods:
-            outcomes = {task.unit: task(grid.data, grid.log) for task in grid.unit_tasks(method)}
-            for task in grid.cell_tasks(method):
+        ranks = process_ranks(grid.cfg.runtime)
+        methods = list(grid.cfg.methods)
+        for group in [methods] if ranks.world_size > 1 else [[m] for m in methods]:
+            outcomes = {
+                task.unit: task(grid.data, grid.log)
+                for method in group
+                for task in grid.unit_tasks(method)
+            }
+            if not ranks.is_main:
+                continue
+            for task in (task for method in group for task in grid.cell_tasks(method)):
                 grid.cell_finished(task, task(grid.data, outcomes.get(task.unit)))
 
 

@@ -35,7 +35,7 @@ from benchmark.pretrain import (
 from benchmark.protocols import get_protocol
 from benchmark.results import Cell, read_json, versions, write_json_atomic
 from benchmark.rundata import RunData, prepare_data
-from benchmark.runtime import apply_threads
+from benchmark.runtime import apply_threads, process_ranks
 
 
 class ResultConflictError(UserError):
@@ -321,7 +321,8 @@ def run_grid(cfg: DictConfig, out: Path, force: bool = False, quiet: bool = Fals
     executor = get_executor(cfg.executor)
     out = Path(out).absolute()  # executors' worker processes may start in another folder
     out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out, quiet)
+    main_rank = process_ranks(cfg.runtime).is_main  # data-parallel ranks > 0 write nothing
+    log = RunLog(out, quiet) if main_rank else (lambda message: None)
     log(f"profile {cfg.profile} ({cfg.profile_reason}); methods: {', '.join(cfg.methods)}")
     data = prepare_data(cfg, out, log)
     plan = plan_run(cfg, data, out)
@@ -334,6 +335,7 @@ def run_grid(cfg: DictConfig, out: Path, force: bool = False, quiet: bool = Fals
         )
     for path in conflicts:
         log(f"--force: recomputing {path}")
-    OmegaConf.save(cfg, out / "run.yaml")
+    if main_rank:
+        OmegaConf.save(cfg, out / "run.yaml")
     executor.run(GridRun(cfg, out, data, plan, log))
     return plan

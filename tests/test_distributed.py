@@ -135,3 +135,24 @@ def test_ranks_see_disjoint_data_and_gather_each_others_embeddings(distributed_r
     batch_sizes = {len(b) for epoch in batches[0].values() for b in epoch}
     assert all(len(parts) == 2 and parts[0] == parts[1] for parts in gathered)
     assert batch_sizes <= {parts[0] for parts in gathered}  # NT-Xent saw 2 x each batch
+
+
+def test_a_data_parallel_run_pretrains_on_every_rank_and_evaluates_on_rank_zero(tmp_path):
+    """``ssl3d run`` with two ranks: both pretrain, rank 0 alone evaluates and reports."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "benchmark", "run", "--profile", "smoke",
+        "--methods", "scratch,simclr", "--out", str(out), "runtime.device=cpu",
+        "runtime.devices=2", "runtime.threads=1", "finetune.protocols=[linear]",
+        "pretrain.max_epochs=2",
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    cells = [json.loads(p.read_text()) for p in (out / "cells").rglob("*.json")]
+    assert len(cells) == 2 * 2 * 2 and all(c["status"] == "done" for c in cells)
+    log = (out / "run.log").read_text()
+    assert log.count("pretrained simclr") == 1
+    for cell in cells:
+        line = f"{cell['method']} linear fraction {cell['fraction']:g} fold {cell['fold']} seed 0:"
+        assert log.count(line) == 1, line
+    assert (out / "report.md").exists()
