@@ -115,6 +115,12 @@ def resolve_precision(runtime: DictConfig, device: torch.device) -> str:
         raise RuntimeSettingError(
             f"runtime.precision must be auto, 32, bf16-mixed or 16-mixed, got {precision!r}"
         )
+    if device.type == "cpu":
+        raise RuntimeSettingError(
+            f"runtime.precision={precision} on the CPU: torch's CPU autocast of the 3D "
+            "convolutions' backward pass returned corrupt gradients at random here (1e33 or "
+            "NaN, tests/test_fast_path.py); use runtime.precision=auto or 32 on the CPU"
+        )
     return precision
 
 
