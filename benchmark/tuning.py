@@ -482,6 +482,11 @@ def tuned_overrides(cfg: DictConfig, storage: str) -> tuple[list[str], list[Budg
             raise TuningError(f"study '{name}' in {storage} has no complete trial yet")
         overrides += as_overrides(budget.best_params)
         budgets.append(budget)
+    if not budgets:
+        raise TuningError(
+            f"--tuned {storage}: no study of any method of this run for the {protocol} protocol "
+            f"(studies there: {', '.join(sorted(names)) or 'none'}); run `ssl3d tune` first"
+        )
     return overrides, budgets
 
 

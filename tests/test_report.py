@@ -327,3 +327,10 @@ def test_fold_scoped_pretrainings_are_one_configuration_unless_a_unit_differs(tm
     _write_scored_cell(tmp_path, "residual", "good", 0.5, 1, 0, config=config)
     with pytest.raises(MixedConfigurationError, match="pretraining settings of 'residual'"):
         collect(tmp_path)
+
+
+def test_report_prints_the_chosen_metric_as_csv(perfect_vs_random, capsys):
+    main(["report", str(perfect_vs_random), "--format", "csv", "--metric", "auroc"])
+    printed = capsys.readouterr().out
+    table = (perfect_vs_random / "tables" / "auroc.csv").read_text()
+    assert table in printed and table.startswith("method,fraction,mean,std,n,failed")

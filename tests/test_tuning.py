@@ -163,6 +163,8 @@ def test_a_run_takes_the_best_settings_and_states_every_budget(tuned_study):
 
     with pytest.raises(TuningError, match="profile smoke.*uses quick"):
         tuned_overrides(load_config("quick", methods=["simclr"]), url)
+    with pytest.raises(TuningError, match="no study of any method.*studies there: simclr-linear"):
+        tuned_overrides(load_config("smoke", methods=["byol"]), url)
 
     assert record_budgets(out / "run", [], cfg.methods) is None
     assert not path.exists()  # a later untuned run must not claim tuning
