@@ -177,11 +177,13 @@ def _pretraining_settings(record: dict) -> Any:
 
 
 def _pretraining_unit(record: dict) -> str:
-    """The pretraining unit a cell starts from: the method, and (seed, fold) if fold-scoped."""
+    """The pretraining unit a cell starts from: the method, and (seed, fold[, fraction]) if
+    fold- or fraction-scoped."""
     pretraining = _config(record, "pretraining") or {}
     if pretraining.get("fold") is None:
         return f"'{record['method']}'"
-    return f"'{record['method']}' (seed {pretraining.get('seed')}, fold {pretraining['fold']})"
+    at = "" if pretraining.get("fraction") is None else f", fraction {pretraining['fraction']:g}"
+    return f"'{record['method']}' (seed {pretraining.get('seed')}, fold {pretraining['fold']}{at})"
 
 
 def _describe(values: dict[str, list[str]]) -> str:

@@ -92,7 +92,7 @@ def plan_run(cfg: DictConfig, data: RunData, out: Path) -> Plan:
                 for fold in range(int(cfg.splits.folds)):
                     for seed in cfg.splits.seeds:
                         cell = Cell(method, protocol, float(fraction), fold, int(seed))
-                        unit = unit_for(units[method], cell.seed, cell.fold)
+                        unit = unit_for(units[method], cell.seed, cell.fold, cell.fraction)
                         pretraining = unit_prints[unit.directory] if unit else None
                         cells.append(cell)
                         prints[cell] = cell_fingerprint(cfg, cell, data, pretraining)
@@ -301,7 +301,7 @@ class GridRun:
                 self.out,
                 cell,
                 self.plan.cell_fingerprints[cell],
-                unit_for(units, cell.seed, cell.fold),
+                unit_for(units, cell.seed, cell.fold, cell.fraction),
             )
             for cell in self.plan.cells
             if cell.method == method

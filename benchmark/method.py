@@ -64,7 +64,7 @@ class SSLMethod(SeededStream):
     name: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     config_file: ClassVar[str | None] = None
-    pretraining_scope: ClassVar[str] = "run"
+    pretraining_scope: ClassVar[str] = "run"  # run | fold | fraction (benchmark.pretrain)
     needs_pretraining: ClassVar[bool] = True
     # Under data-parallel pretraining every rank holds a share of the batch; SyncBatchNorm
     # normalises over the whole batch, as one device would (SimCLR, BYOL and their successors
@@ -84,6 +84,12 @@ class SSLMethod(SeededStream):
     def summary(cls) -> str:
         """The first line of the class docstring (shown by ``ssl3d methods``)."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def scope(cls, settings: DictConfig) -> str:
+        """How often the method is pretrained (``pretraining_scope``); a method whose
+        settings decide it (e.g. which labels its preparation may see) overrides this."""
+        return cls.pretraining_scope
 
     @property
     def encoder(self) -> ResNet18:

@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.backbone import ResNet18, stage_widths
 from benchmark.batches import TensorBatches, batch_loader
-from benchmark.config import load_config, pretraining_settings
+from benchmark.config import load_config, method_hparams, pretraining_settings
 from benchmark.finetune import Classifier, class_weights
 from benchmark.method import SSLMethod
 from benchmark.pretrain import PretrainingContext, build_method, pool_batches, pretraining_units
@@ -158,7 +158,10 @@ class PerfData:
 
 
 def perf_data(cfg: DictConfig, cache: Path, count: int) -> PerfData:
-    """``count`` pool volumes and 24 labelled subjects at the profile's size (made once)."""
+    """``count`` pool volumes and 24 labelled subjects at the profile's size (made once).
+
+    ``run_perf`` asks for the profile's own pool size: methods check their settings against
+    the pool they are given (DrasCLR's queues must stay below it), as in a real run."""
     small = OmegaConf.merge(
         cfg,
         {
@@ -348,10 +351,15 @@ def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float
     lines, total = [], 0.0
     for result in results:
         settings = pretraining_settings(paper, result.method)
-        units = runs if get_method(result.method).pretraining_scope == "fold" else 1
+        scope = get_method(result.method).scope(method_hparams(paper, result.method))
+        units = {"run": 1, "fold": runs, "fraction": runs * len(paper.splits.fractions)}[scope]
         hours = units * int(settings.max_epochs) * pool / result.volumes_per_s / 3600
         total += hours
-        each = f"{units} units (one per seed and fold), " if units > 1 else ""
+        each = (
+            f"{units} units (one per seed and fold{', fraction' * (scope == 'fraction')}), "
+            if units > 1
+            else ""
+        )
         lines.append(
             f"  {result.method}: pretraining {hours:.1f} h ({each}at most {settings.max_epochs} "
             "epochs)"
@@ -420,7 +428,7 @@ def run_perf(
     cfg = load_config(profile, [*overrides, f"runtime.device={device}"], methods)
     apply_threads(cfg.runtime)
     largest_batch = max(int(pretraining_settings(cfg, m).batch_size) for m in cfg.methods)
-    perf = perf_data(cfg, cache, max(2 * largest_batch, 16))
+    perf = perf_data(cfg, cache, max(2 * largest_batch, 2 * int(cfg.phantom.unlabelled)))
     baseline = resolve_device(cfg.runtime).type == "cpu"
     results = [
         measure_method(perf, method, steps, warmup, repeats, baseline)

@@ -1,8 +1,11 @@
 """Pretraining of one method: stages, Lightning training with checkpoints, encoder export.
 
-A pretraining *unit* is one method pretrained once per run (``pretraining_scope = "run"``) or
-once per (seed, fold) for methods whose preparation uses a fold's labelled data
-(``"fold"``, e.g. the residual method's autoencoder trained on that fold's normal subjects).
+A pretraining *unit* is one method pretrained once per run (``pretraining_scope = "run"``),
+once per (seed, fold) for methods whose preparation uses a fold's labelled data (``"fold"``,
+e.g. the residual method's autoencoder trained on that fold's normal subjects), or once per
+(seed, fold, label fraction) for methods that may use only the labels of the fraction being
+evaluated (``"fraction"``). A method may choose its scope from its settings
+(``SSLMethod.scope``).
 Each unit writes, under its directory::
 
     encoder.pt      plain state dict of the ResNet18 (loads strict into MONAI's resnet18)
@@ -59,17 +62,21 @@ STAGE_POLL_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class PretrainingUnit:
-    """One pretraining: a method, and for fold-scoped methods the (seed, fold) it serves."""
+    """One pretraining: a method, and for fold- or fraction-scoped methods the (seed, fold)
+    and label fraction it serves."""
 
     method: str
     directory: Path
     seed: int | None = None
     fold: int | None = None
+    fraction: float | None = None
 
     @property
     def title(self) -> str:
-        where = "" if self.fold is None else f" (seed {self.seed}, fold {self.fold})"
-        return f"{self.method}{where}"
+        if self.fold is None:
+            return self.method
+        at = "" if self.fraction is None else f", fraction {self.fraction:g}"
+        return f"{self.method} (seed {self.seed}, fold {self.fold}{at})"
 
     @property
     def encoder_path(self) -> Path:
@@ -86,22 +93,29 @@ def pretraining_units(cfg: DictConfig, method: str, out: Path) -> list[Pretraini
     root = out / "pretrain" / method
     if not cls.needs_pretraining:
         return []
-    if cls.pretraining_scope == "run":
+    scope = cls.scope(method_hparams(cfg, method))
+    if scope == "run":
         return [PretrainingUnit(method, root)]
-    if cls.pretraining_scope == "fold":
+    folds = [(int(s), fold) for s in cfg.splits.seeds for fold in range(int(cfg.splits.folds))]
+    if scope == "fold":
+        return [PretrainingUnit(method, root / f"seed{s}" / f"fold{k}", s, k) for s, k in folds]
+    if scope == "fraction":
         return [
-            PretrainingUnit(method, root / f"seed{seed}" / f"fold{fold}", seed, fold)
-            for seed in cfg.splits.seeds
-            for fold in range(int(cfg.splits.folds))
+            PretrainingUnit(method, root / f"seed{s}" / f"fold{k}" / f"f{f:g}", s, k, float(f))
+            for s, k in folds
+            for f in cfg.splits.fractions
         ]
-    raise ValueError(f"{cls.__name__}.pretraining_scope must be 'run' or 'fold'")
+    raise ValueError(f"{cls.__name__}.scope must give 'run', 'fold' or 'fraction', not {scope!r}")
 
 
-def unit_for(units: list[PretrainingUnit], seed: int, fold: int) -> PretrainingUnit | None:
-    """The unit whose encoder an evaluation cell of (seed, fold) starts from."""
+def unit_for(
+    units: list[PretrainingUnit], seed: int, fold: int, fraction: float
+) -> PretrainingUnit | None:
+    """The unit whose encoder an evaluation cell of (seed, fold, fraction) starts from."""
     for unit in units:
         if unit.fold is None or (unit.seed, unit.fold) == (seed, fold):
-            return unit
+            if unit.fraction is None or abs(unit.fraction - fraction) < 1e-9:
+                return unit
     return None
 
 
@@ -182,8 +196,10 @@ def pretraining_fingerprint(cfg: DictConfig, unit: PretrainingUnit, data: RunDat
         },
     }
     if unit.fold is not None:
-        rows = data.training_rows(unit.seed, unit.fold, 1.0)
+        rows = data.training_rows(unit.seed, unit.fold, unit.fraction or 1.0)
         fingerprint["data"]["fold_training"] = data.subjects_fingerprint(rows)
+    if unit.fraction is not None:  # only fraction-scoped units: other hashes stay as they were
+        fingerprint["fraction"] = unit.fraction
     return OmegaConf.to_container(OmegaConf.create(fingerprint), resolve=True)
 
 

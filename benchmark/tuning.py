@@ -326,7 +326,7 @@ def trial_objective(
         try:
             units = pretraining_units(cfg, setup.method, directory)
             for step, fold in enumerate(setup.folds):
-                unit = unit_for(units, setup.seed, fold)
+                unit = unit_for(units, setup.seed, fold, setup.fraction)
                 encoder = run_pretraining(cfg, unit, data, log) if unit else None
                 cell = Cell(setup.method, setup.protocol, setup.fraction, fold, setup.seed)
                 workdir = directory / "work" / f"fold{fold}"

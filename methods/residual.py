@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from benchmark.cae import ConvAutoencoder3D, train_autoencoder
@@ -25,7 +25,7 @@ from benchmark.residuals import LEVELS, MEDIAN_FILTER_SIZES, localisation, resid
 from benchmark.runtime import prepare_module
 
 CAE_FORMAT = 1  # bump when a code change alters what a cached CAE holds
-NORMALS = ("training", "smallest_fraction")
+NORMALS = ("training", "current_fraction", "smallest_fraction")
 
 
 @register_method("residual")
@@ -39,6 +39,12 @@ class Residual(SSLMethod):
 
     reference = "Bhattacharya et al., Int J CARS 2024 (doi:10.1007/s11548-024-03172-5)"
     pretraining_scope = "fold"
+
+    @classmethod
+    def scope(cls, settings: DictConfig) -> str:
+        """``cae.normals=current_fraction`` pretrains once per (seed, fold, label fraction):
+        each fraction's cells start from an encoder whose CAE saw only that fraction's normals."""
+        return "fraction" if settings.cae.normals == "current_fraction" else "fold"
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
@@ -85,7 +91,11 @@ class Residual(SSLMethod):
     def cae_normal_rows(self, context: PretrainingContext) -> np.ndarray:
         """Cohort rows of the normals the CAE trains on (nested subsets by ``normal_fraction``)."""
         cae, unit = self.settings.cae, context.unit
-        fraction = 1.0 if cae.normals == "training" else min(context.config.splits.fractions)
+        fraction = {
+            "training": 1.0,
+            "current_fraction": unit.fraction,
+            "smallest_fraction": min(context.config.splits.fractions),
+        }[cae.normals]
         rows = context.labelled_training_rows(fraction)
         normals = rows[context.data.labels(rows).numpy() == 0]
         if len(normals) == 0:

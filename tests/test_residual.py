@@ -17,7 +17,8 @@ from benchmark.cae import reconstruct
 from benchmark.config import load_config
 from benchmark.grid import run_grid
 from benchmark.method import MethodConfigError
-from benchmark.pretrain import PretrainingContext, build_method, pretraining_units
+from benchmark.pretrain import PretrainingContext, build_method, pretraining_units, unit_for
+from benchmark.report import write_report
 from benchmark.residual_figure import draw_residual_figure
 from benchmark.residuals import (
     ResidualTargetError,
@@ -25,6 +26,7 @@ from benchmark.residuals import (
     median_filter3d,
     residual_targets,
 )
+from benchmark.results import read_cells
 from benchmark.testing import pretrain_briefly, smoke_data
 
 
@@ -111,13 +113,53 @@ def _all_anomalous(data):
 
 @pytest.mark.parametrize(
     "setting, where",
-    [("training", "label fraction 1"), ("smallest_fraction", "label fraction 0.5")],
+    [
+        ("training", "label fraction 1"),
+        ("current_fraction", "label fraction 0.5"),
+        ("smallest_fraction", "label fraction 0.5"),
+    ],
 )
 def test_no_normal_volumes_is_an_error_naming_the_setting(tmp_path, setting, where):
     data = _all_anomalous(smoke_data()[1])
     method, context, _ = _context(tmp_path, [f"method.residual.cae.normals={setting}"], data)
     with pytest.raises(MethodConfigError, match=f"cae.normals={setting} \\({where}"):
         method.prepare(context)
+
+
+def test_current_fraction_pretrains_once_per_fraction_on_that_fractions_normals(tmp_path):
+    cfg = load_config("smoke", ["method.residual.cae.normals=current_fraction"], ["residual"])
+    data = smoke_data()[1]
+    units = pretraining_units(cfg, "residual", tmp_path)
+    fractions = [float(f) for f in cfg.splits.fractions]
+    assert [(u.seed, u.fold, u.fraction) for u in units] == [
+        (seed, fold, f) for seed in cfg.splits.seeds for fold in range(2) for f in fractions
+    ]
+    method = build_method(cfg, "residual")
+    rows, _ = data.pretraining_pool("unlabelled")
+    seen = {}
+    for unit in units[: len(fractions)]:  # seed 0, fold 0
+        assert unit_for(units, 0, 0, unit.fraction) is unit
+        context = PretrainingContext(unit, data, cfg, rows, torch.device("cpu"))
+        training = data.training_rows(0, 0, unit.fraction)
+        seen[unit.fraction] = set(method.cae_normal_rows(context))
+        assert seen[unit.fraction] == set(training[data.labels(training).numpy() == 0])
+    assert seen[fractions[0]] < seen[fractions[-1]]  # nested, and fewer labels at 50 %
+
+
+def test_a_grid_with_current_fraction_starts_each_fraction_from_its_own_encoder(tmp_path):
+    overrides = [
+        "method.residual.cae.normals=current_fraction",
+        "method.residual.cae.epochs=2",
+        "finetune.protocols=[linear]",
+        "pretrain.max_epochs=1",
+    ]
+    run_grid(load_config("smoke", overrides, ["residual"]), tmp_path, quiet=True)
+    encoders = sorted((tmp_path / "pretrain" / "residual").rglob("encoder.pt"))
+    assert len(encoders) == 4 and {e.parent.name for e in encoders} == {"f0.5", "f1"}
+    for cell in read_cells(tmp_path):
+        assert cell["status"] == "done"
+        assert cell["config"]["pretraining"]["fraction"] == cell["fraction"]
+    write_report(tmp_path)  # one configuration, although each fraction has its own units
 
 
 def test_impossible_settings_are_refused_before_training():
@@ -240,6 +282,6 @@ def test_an_ablation_runs_each_variant_once_and_shares_the_autoencoder(residual_
         quiet=True,
         log=lambda m: None,
     )
-    assert len(list((tmp_path / "variants").iterdir())) == 2
+    assert len(list((tmp_path / "variants").iterdir())) == 3  # training, current, smallest
     assert (tmp_path / "tables" / "ablation_residual.md").exists()
     assert len(table) > 0
