@@ -463,12 +463,18 @@ def _rotation_matrices(radians: Tensor) -> Tensor:
 def apply_affine(
     volumes: Tensor, matrices: Tensor, mode: str = "bilinear", padding_mode: str = "border"
 ) -> Tensor:
-    """Resample each volume with its affine: one `affine_grid` + `grid_sample` for the batch.
+    """Resample each volume with its affine, the whole batch at once.
 
     volumes: [B, C, D, H, W], any dtype on any device; matrices: [B, 3, 4] in `F.affine_grid`
     convention (align_corners=False), best on the CPU (else reading them synchronises). mode:
-    "bilinear" (trilinear, floating volumes only) or "nearest" (masks and labels). Samples whose
-    matrix is the identity or a pure axis flip are copied or flipped exactly, not resampled.
+    "bilinear" (trilinear, floating volumes only) or "nearest" (masks and labels).
+    The result is `F.grid_sample`'s, computed the cheapest exact way for each sample:
+    * an identity or a pure axis flip is copied or flipped exactly;
+    * an axis-aligned affine (crop, flip, zoom, shift: a diagonal linear part) is trilinear
+      resampling that factorises over the axes, done as three batched matrix products with
+      per-axis interpolation weights (`axis_resampling_weights`): about 10x cheaper than
+      `grid_sample` on the CPU, equal to it up to float rounding;
+    * any other affine (a rotation) goes through one `F.affine_grid` + `F.grid_sample`.
     Computes in float32 and returns a new tensor of the input's dtype: [B, C, D, H, W].
     """
     if mode != "nearest" and not volumes.is_floating_point():
@@ -476,18 +482,31 @@ def apply_affine(
     matrices = matrices.detach().to("cpu", torch.float64)
     linear, translation = matrices[:, :, :3], matrices[:, :, 3]
     diagonal = torch.diagonal(linear, dim1=1, dim2=2)  # [B, 3] in x, y, z order
+    is_axis_aligned = (linear == torch.diag_embed(diagonal)).all(dim=(1, 2))
     is_axis_flip = (
-        (linear == torch.diag_embed(diagonal)).all(dim=(1, 2))
-        & (diagonal.abs() == 1).all(dim=1)
-        & (translation == 0).all(dim=1)
+        is_axis_aligned & (diagonal.abs() == 1).all(dim=1) & (translation == 0).all(dim=1)
     )
+    separable = is_axis_aligned & ~is_axis_flip & (mode == "bilinear")
     result = volumes.clone()
     for xyz_axis in range(3):
         rows = torch.nonzero(is_axis_flip & (diagonal[:, xyz_axis] < 0))[:, 0]
         if rows.numel():
             rows = rows.to(volumes.device)
             result[rows] = result[rows].flip(4 - xyz_axis)  # x is W (dim 4), z is D (dim 2)
-    rows = torch.nonzero(~is_axis_flip)[:, 0]
+    rows = torch.nonzero(separable)[:, 0]
+    if rows.numel():
+        weights = [
+            axis_resampling_weights(
+                volumes.shape[4 - xyz_axis],
+                diagonal[rows, xyz_axis],
+                translation[rows, xyz_axis],
+                padding_mode,
+            ).to(volumes.device, torch.float32)
+            for xyz_axis in (2, 1, 0)  # D, H, W
+        ]
+        rows = rows.to(volumes.device)
+        result[rows] = along_axes(volumes[rows].float(), weights).to(volumes.dtype)
+    rows = torch.nonzero(~is_axis_flip & ~separable)[:, 0]
     if rows.numel():
         theta = matrices[rows].to(volumes.device, torch.float32)  # [n, 3, 4]
         rows = rows.to(volumes.device)
@@ -496,6 +515,51 @@ def apply_affine(
         resampled = F.grid_sample(selected, grid, mode, padding_mode, align_corners=False)
         result[rows] = resampled.to(volumes.dtype)
     return result
+
+
+def axis_resampling_weights(
+    size: int, scale: Tensor, offset: Tensor, padding_mode: str = "border"
+) -> Tensor:
+    """Linear-interpolation weights along one axis, as `F.grid_sample` reads it.
+
+    Output voxel o sits at the normalised coordinate (2 o + 1) / size - 1 and reads the input
+    at `scale * that + offset` (align_corners=False), with `padding_mode` outside the volume.
+    scale, offset: [n] (one entry of an axis-aligned `affine_grid` matrix per sample).
+    Returns [n, size, size] float64: output o = sum over i of weights[o, i] * input i.
+    """
+    scale, offset = scale.to(torch.float64), offset.to(torch.float64)
+    output = (torch.arange(size, dtype=torch.float64) * 2 + 1) / size - 1
+    coordinate = ((scale[:, None] * output + offset[:, None] + 1) * size - 1) / 2  # [n, size]
+    if padding_mode == "reflection":  # about the volume's outer faces, -0.5 and size - 0.5
+        shifted = (coordinate + 0.5).abs()
+        flips, extra = torch.div(shifted, size, rounding_mode="floor"), torch.fmod(shifted, size)
+        coordinate = torch.where(flips % 2 == 0, extra - 0.5, size - extra - 0.5)
+    if padding_mode != "zeros":
+        coordinate = coordinate.clamp(0, size - 1)
+    low = coordinate.floor()
+    fraction = coordinate - low
+    weights = torch.zeros(len(scale), size, size + 2, dtype=torch.float64)
+    # Columns shifted by one so that neighbours just outside (zeros padding) land in the
+    # first or last column, which are then dropped.
+    for neighbour, weight in ((low, 1 - fraction), (low + 1, fraction)):
+        column = (neighbour + 1).clamp(0, size + 1).long()
+        weights.scatter_add_(2, column[:, :, None], weight[:, :, None])
+    return weights[:, :, 1:-1]
+
+
+def along_axes(volumes: Tensor, weights: Sequence[Tensor]) -> Tensor:
+    """Apply one linear map per sample along each spatial axis: a separable filter/resample.
+
+    volumes: [n, C, D, H, W]; weights: three [n, size, size] tensors for D, H, W, each mapping
+    input positions (columns) to output positions (rows). Three batched matrix products.
+    """
+    n, channels, depth, height, width = volumes.shape
+    along_d, along_h, along_w = weights
+    x = volumes.reshape(n, channels, depth, height * width)
+    x = torch.matmul(along_d[:, None], x).view(n, channels * depth, height, width)
+    x = torch.matmul(along_h[:, None], x)
+    x = torch.matmul(x, along_w.transpose(1, 2)[:, None])
+    return x.view(n, channels, depth, height, width)
 
 
 def _change_rows(
@@ -560,31 +624,36 @@ def adjust_contrast(volumes: Tensor, factor: Tensor) -> Tensor:
 def gaussian_blur(volumes: Tensor, sigma: Tensor) -> Tensor:
     """Blur each sample with an isotropic Gaussian of its own sigma (voxels; 0 = unchanged).
 
-    volumes: [B, C, D, H, W]; sigma: [B]. Separable: one grouped `conv3d` per axis over the whole
-    batch (a group per sample and channel), kernel radius ceil(3 * max sigma), edges replicated.
+    volumes: [B, C, D, H, W]; sigma: [B]. Separable, the kernel truncated at each sample's own
+    radius max(1, ceil(3 sigma)) and the edges replicated: along each axis one batched matrix
+    product with a banded matrix that holds the kernel (`gaussian_blur_weights`), so a sample's
+    blur does not depend on the other samples of its batch.
     """
 
-    radius = max(1, math.ceil(3 * float(_per_sample(sigma, volumes.shape[0]).max())))
-
     def change(rows: Tensor, sigma: Tensor) -> Tensor:
-        count, channels = rows.shape[:2]
-        offsets = torch.arange(-radius, radius + 1, device=rows.device, dtype=torch.float32)
-        kernels = torch.exp(-0.5 * (offsets / sigma.view(-1, 1)) ** 2)  # [n, 2 * radius + 1]
-        kernels = (kernels / kernels.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
-        blurred = rows.reshape(1, count * channels, *rows.shape[2:])
-        for axis in range(3):
-            kernel_shape = [count * channels, 1, 1, 1, 1]
-            kernel_shape[2 + axis] = 2 * radius + 1
-            padding = [0] * 6
-            padding[4 - 2 * axis : 6 - 2 * axis] = [radius, radius]  # F.pad lists W first
-            blurred = F.conv3d(
-                F.pad(blurred, padding, mode="replicate"),
-                kernels.view(kernel_shape),
-                groups=count * channels,
-            )
-        return blurred.view_as(rows)
+        sigma = sigma.flatten().to("cpu", torch.float64)
+        weights = [
+            gaussian_blur_weights(size, sigma).to(rows.device, torch.float32)
+            for size in rows.shape[2:]
+        ]
+        return along_axes(rows, weights)
 
     return _change_rows(volumes, sigma, 0.0, change)
+
+
+def gaussian_blur_weights(size: int, sigma: Tensor) -> Tensor:
+    """[n, size, size] float64: Gaussian smoothing of a line of `size` voxels, one per sigma
+    ([n] > 0, voxels), with replicated edges (taps beyond the line read its end voxel)."""
+    radius = (3 * sigma).ceil().clamp(min=1)  # [n]
+    largest = int(radius.max())
+    offsets = torch.arange(-largest, largest + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (offsets / sigma[:, None]) ** 2)
+    taps = torch.where(offsets.abs() <= radius[:, None], taps, 0.0)
+    taps = taps / taps.sum(dim=1, keepdim=True)  # [n, 2 * largest + 1]
+    columns = (torch.arange(size)[:, None] + offsets.long()).clamp(0, size - 1)  # [size, taps]
+    weights = torch.zeros(len(sigma), size, size, dtype=torch.float64)
+    weights.scatter_add_(2, columns.expand(len(sigma), -1, -1), taps[:, None].expand(-1, size, -1))
+    return weights
 
 
 def add_gaussian_noise(

@@ -213,6 +213,50 @@ def test_shift_and_crop_read_the_right_voxels():
     assert torch.allclose(cropped[..., 1:-1, 1:-1, 1:-1], corner[..., 1:-1, 1:-1, 1:-1], atol=1e-6)
 
 
+@pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
+def test_axis_aligned_affines_resample_exactly_as_grid_sample(padding_mode):
+    """Crops, zooms and shifts (with flips) take the separable path; it must be grid_sample's
+    trilinear resampling, including outside the volume (zooming out reads the padding)."""
+    shape = (6, 10, 12)
+    volumes = torch.rand(5, 2, *shape, generator=seeded())
+    ones, zeros = torch.ones(5, 3), torch.zeros(5, 3)
+    crop_sides = torch.tensor([[0.5, 0.7, 1.0], [1.0, 1.0, 1.0], [0.6, 0.6, 0.6], *[[1.0] * 3] * 2])
+    flips = torch.tensor([[1.0, -1.0, 1.0], [-1.0, -1.0, -1.0], *[[1.0] * 3] * 3])
+    zoom = torch.tensor([[1.0] * 3, [0.6, 0.8, 1.3], [1.0] * 3, [0.5, 0.5, 0.5], [1.2, 0.9, 0.7]])
+    shift = torch.tensor([[0.1, -0.2, 0.05], [0.0] * 3, [0.3, 0.0, -0.3], [0.0] * 3, [-0.4] * 3])
+    centres = (1 - crop_sides) * torch.tensor([[0.5, -1.0, 0.0]])
+    matrices = compose_affine_matrices(shape, crop_sides, centres, flips, zeros, zoom, shift)
+    assert (matrices[:, :, :3] == torch.diag_embed(matrices.diagonal(dim1=1, dim2=2))).all()
+    grid = F.affine_grid(matrices.float(), list(volumes.shape), align_corners=False)
+    expected = F.grid_sample(volumes, grid, "bilinear", padding_mode, align_corners=False)
+    resampled = apply_affine(volumes, matrices, padding_mode=padding_mode)
+    torch.testing.assert_close(resampled, expected, atol=2e-5, rtol=0)
+    assert torch.equal(
+        apply_affine(
+            volumes, compose_affine_matrices(shape, ones, zeros, ones, zeros, ones, zeros)
+        ),
+        volumes,
+    )
+
+
+def test_blur_is_a_replicate_padded_gaussian_convolution_truncated_at_three_sigma():
+    volumes = torch.rand(3, 1, 9, 11, 13, generator=seeded())
+    sigmas = torch.tensor([0.3, 0.8, 2.0])
+    blurred = gaussian_blur(volumes, sigmas)
+    for volume, sigma, result in zip(volumes, sigmas.tolist(), blurred):
+        radius = max(1, math.ceil(3 * sigma))
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1) / sigma) ** 2)
+        taps = taps / taps.sum()
+        expected = volume[None]
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = len(taps)
+            padding = [0] * 6
+            padding[4 - 2 * axis : 6 - 2 * axis] = [radius, radius]
+            expected = F.conv3d(F.pad(expected, padding, mode="replicate"), taps.view(shape))
+        torch.testing.assert_close(result[None], expected, atol=1e-6, rtol=0)
+
+
 def test_blur_smooths_per_sample_and_sigma_zero_is_identity():
     volumes = torch.rand(3, 2, SIDE, SIDE, SIDE, generator=seeded())
     blurred = gaussian_blur(volumes, torch.tensor([0.0, 0.5, 1.5]))
