@@ -35,7 +35,7 @@ from benchmark.pretrain import (
 from benchmark.protocols import get_protocol
 from benchmark.results import Cell, read_json, versions, write_json_atomic
 from benchmark.rundata import RunData, prepare_data
-from benchmark.runtime import apply_threads, process_ranks
+from benchmark.runtime import apply_host_settings, process_ranks
 
 
 class ResultConflictError(UserError):
@@ -219,7 +219,7 @@ class CellTask:
         """Evaluate the cell unless it is done; returns the summary the progress log shows."""
         if self.is_done():
             return None
-        apply_threads(self.cfg.runtime)
+        apply_host_settings(self.cfg.runtime)
         started = time.perf_counter()
         workdir = self.out / "work" / self.path.relative_to(self.out / "cells").with_suffix("")
         try:

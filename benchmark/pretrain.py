@@ -49,7 +49,7 @@ from benchmark.rundata import RunData
 from benchmark.runtime import (
     Ranks,
     RuntimeSettingError,
-    apply_threads,
+    apply_host_settings,
     epoch_checkpoints,
     make_trainer,
     prepare_module,
@@ -326,7 +326,7 @@ def run_pretraining(
     if is_finished(unit, expected):
         return unit.encoder_path
     settings = pretraining_settings(cfg, unit.method)
-    apply_threads(cfg.runtime)
+    apply_host_settings(cfg.runtime)
     ranks = process_ranks(cfg.runtime)
     check_launch(cfg, ranks)
     log = log if ranks.is_main else _ignore

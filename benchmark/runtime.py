@@ -10,6 +10,7 @@ device.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
@@ -124,10 +125,37 @@ def resolve_precision(runtime: DictConfig, device: torch.device) -> str:
     return precision
 
 
-def apply_threads(runtime: DictConfig) -> None:
-    """``runtime.threads``: the number of CPU threads torch uses (null leaves torch's choice)."""
+def apply_host_settings(runtime: DictConfig) -> None:
+    """``runtime.threads`` (the number of CPU threads torch uses; null leaves torch's choice)
+    and ``runtime.keep_host_memory`` (``keep_freed_host_memory``) for this process."""
     if runtime.threads:
         torch.set_num_threads(int(runtime.threads))
+    if runtime.keep_host_memory:
+        keep_freed_host_memory()
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_LARGEST_HEAP_BLOCK = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+
+
+def keep_freed_host_memory() -> None:
+    """Let glibc keep freed blocks of up to 32 MiB for reuse instead of returning them.
+
+    torch's CPU allocator does not cache: every tensor of a step is a fresh ``malloc``, and by
+    default glibc serves large ones with ``mmap`` and trims freed heap back to the system, so
+    each step pays page faults and zeroing for memory it had a moment ago. Keeping it made a
+    quarter-width 32^3 ResNet18 training step about 1.6x faster and a batch of contrastive views
+    about 2x faster on the 2-core build machine (``ssl3d perf`` measures it against default
+    settings). The cost: the process's resident memory stays at its high-water mark.
+    A no-op where the C library has no ``mallopt`` (not glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _LARGEST_HEAP_BLOCK)
+    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 def prepare_module(module: nn.Module, runtime: DictConfig) -> nn.Module:

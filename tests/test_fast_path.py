@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import pytorch_lightning as pl
@@ -134,3 +136,30 @@ def test_mixed_precision_is_refused_on_the_cpu():
                 OmegaConf.merge(runtime, {"precision": precision}), torch.device("cpu")
             )
     assert resolve_precision(runtime, torch.device("cpu")) == "32-true"
+
+
+FREE_A_LARGE_TENSOR = """
+import sys, torch
+from omegaconf import OmegaConf
+from benchmark.runtime import apply_host_settings
+apply_host_settings(OmegaConf.create({"threads": 1, "keep_host_memory": sys.argv[1] == "keep"}))
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+block = torch.ones(4 * 2**20)  # 16 MiB, touched
+before = resident_mb()
+del block
+print(before - resident_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_host_memory_keeps_freed_blocks_for_the_next_step():
+    """With ``runtime.keep_host_memory`` a freed 16 MiB tensor stays in the process for reuse
+    (no page faults when the next step allocates it again); by default glibc returns it."""
+
+    def released_mb(setting: str) -> float:
+        command = [sys.executable, "-c", FREE_A_LARGE_TENSOR, setting]
+        return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+    assert released_mb("default") > 12
+    assert released_mb("keep") < 1
