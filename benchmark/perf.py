@@ -7,13 +7,18 @@ For each method, at the profile's volume size and batch size, on ``--device``:
 * ``volumes_per_s_compute_only``: the same steps on one ready-made batch whose views were
   computed once, so only the model's forward/backward/optimiser step remains;
 * ``data_overhead`` = 1 - real / compute-only (target: at most 5 % on CUDA, 10 % on CPU);
-* ``default_volumes_per_s``: the same model in default settings (channels-first, fp32, a
-  per-sample DataLoader) and ``speedup`` over it (target on the CPU: at least 2x);
-* ``peak_mem_mb``; on CUDA ``tflops`` (counted with ``torch.utils.flop_counter``) and ``mfu``
-  as a fraction of the device's dense bf16 peak (target on an H100: at least 35 %).
+* ``default_volumes_per_s``: the same model in default settings — channels-first fp32, a
+  per-sample DataLoader and each volume's views made one at a time (as per-sample transform
+  pipelines do), glibc's default allocator — and ``speedup`` over it (target on the CPU: at
+  least 2x);
+* ``peak_mem_mb``: on CUDA the peak allocated memory, on the CPU the peak resident memory of
+  the process that measured this method (each method is measured in a fresh process);
+* on CUDA ``tflops`` (counted with ``torch.utils.flop_counter``) and ``mfu`` as a fraction of
+  the device's dense bf16 peak (target on an H100: at least 35 %).
 
-Warm-up steps are excluded and each number is the median over repeats. ``--estimate`` turns the
-measured step costs into a wall-time estimate of the full ``paper`` grid on one device.
+Warm-up steps are excluded and each number is the median over repeats. One whole fine-tuning
+cell is timed as well, and ``--estimate`` turns the measured costs into a wall-time estimate of
+the full ``paper`` grid on one device.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from __future__ import annotations
 import json
 import resource
 import statistics
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +41,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmark.backbone import ResNet18, stage_widths
-from benchmark.batches import TensorBatches, batch_loader
+from benchmark.batches import batch_loader
 from benchmark.config import load_config, method_hparams, pretraining_settings
-from benchmark.finetune import Classifier, class_weights
+from benchmark.finetune import run_finetune
 from benchmark.method import SSLMethod
 from benchmark.pretrain import PretrainingContext, build_method, pool_batches, pretraining_units
 from benchmark.registry import get_method
+from benchmark.results import Cell
 from benchmark.rundata import RunData, prepare_data
-from benchmark.runtime import apply_threads, make_trainer, prepare_module, resolve_device
+from benchmark.runtime import apply_host_settings, make_trainer, prepare_module, resolve_device
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device name, from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {
@@ -124,8 +132,8 @@ class RepeatedBatch:
         return iter([self.batch] * self.steps)
 
 
-class _PerSampleVolumes(Dataset):
-    """The default-settings baseline: one volume per item, stacked by the default collate."""
+class PerSampleVolumes(Dataset):
+    """The default-settings loader: one volume per item, stacked by the default collate."""
 
     def __init__(self, images: Tensor, rows: Tensor):
         self.images, self.rows = images, rows
@@ -135,6 +143,24 @@ class _PerSampleVolumes(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {"image": self.images[index], "index": torch.tensor(index), "row": self.rows[index]}
+
+
+class OneVolumeAtATime:
+    """Stands in for a method's views in the default-settings baseline: each volume's view is
+    made alone, as a per-sample transform pipeline makes it (same operations and laws)."""
+
+    def __init__(self, views):
+        self.views = views
+
+    def __call__(self, images: Tensor, targets: Tensor | None = None, generator=None):
+        pairs = [
+            self.views(
+                images[i : i + 1], None if targets is None else targets[i : i + 1], generator
+            )
+            for i in range(len(images))
+        ]
+        views = torch.cat([view for view, _ in pairs])
+        return views, None if targets is None else torch.cat([target for _, target in pairs])
 
 
 @dataclass
@@ -174,6 +200,16 @@ def perf_data(cfg: DictConfig, cache: Path, count: int) -> PerfData:
     data = prepare_data(small, folder, log=lambda message: None)
     rows, _ = data.pretraining_pool("unlabelled")
     return PerfData(small, data, rows[:count], folder)
+
+
+# The baseline's settings: what a plain PyTorch/MONAI pipeline runs with.
+DEFAULT_RUNTIME = {
+    "channels_last": False,
+    "precision": "32",
+    "compile": False,
+    "keep_host_memory": False,
+    "cohort_on_device": "never",
+}
 
 
 def _fit_steps(
@@ -235,20 +271,13 @@ def _bf16_peak(device: torch.device) -> float | None:
     return None
 
 
-def measure_method(
-    perf: PerfData,
-    method: str,
-    steps: int,
-    warmup: int,
-    repeats: int,
-    baseline: bool,
+def measure_fast_path(
+    perf: PerfData, method: str, steps: int, warmup: int, repeats: int
 ) -> Throughput:
-    """Real path, compute-only path and (optionally) the default-settings baseline."""
+    """Real path and compute-only path in this process's settings (``runtime``)."""
     cfg = perf.cfg
     device = resolve_device(cfg.runtime)
     batch = int(pretraining_settings(cfg, method).batch_size)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     real_loader = batch_loader(
         pool_batches(perf.data, perf.rows),
         batch,
@@ -258,7 +287,6 @@ def measure_method(
     )
     module, times = _fit_steps(perf, method, real_loader, warmup + steps)
     rate, step_seconds = _median_rate(times, warmup, repeats, batch)
-    peak = _peak_memory_mb(device)
 
     rows = torch.as_tensor(perf.rows[:batch], dtype=torch.long)
     fixed = {
@@ -279,21 +307,6 @@ def measure_method(
         tflops = flops * rate / batch / 1e12
         peak_tflops = _bf16_peak(device)
         mfu = tflops / peak_tflops if peak_tflops else None
-
-    default_rate = speedup = None
-    if baseline:
-        default_runtime = OmegaConf.merge(
-            cfg.runtime, {"channels_last": False, "precision": "32", "compile": False}
-        )
-        per_sample = DataLoader(
-            _PerSampleVolumes(perf.images, torch.as_tensor(perf.rows, dtype=torch.long)),
-            batch_size=batch,
-            shuffle=True,
-            drop_last=True,
-        )
-        _, times = _fit_steps(perf, method, per_sample, warmup + steps, runtime=default_runtime)
-        default_rate, _ = _median_rate(times, warmup, repeats, batch)
-        speedup = rate / default_rate
     return Throughput(
         method=method,
         device=str(device),
@@ -302,13 +315,79 @@ def measure_method(
         volumes_per_s=round(rate, 2),
         volumes_per_s_compute_only=round(compute_rate, 2),
         data_overhead=round(max(0.0, 1 - rate / compute_rate), 4),
-        peak_mem_mb=round(peak, 1),
+        peak_mem_mb=round(_peak_memory_mb(device), 1),
         tflops=None if tflops is None else round(tflops, 2),
         mfu=None if mfu is None else round(mfu, 4),
-        default_volumes_per_s=None if default_rate is None else round(default_rate, 2),
-        speedup=None if speedup is None else round(speedup, 2),
+        default_volumes_per_s=None,
+        speedup=None,
         seconds_per_step=round(step_seconds, 4),
     )
+
+
+def measure_default_settings(
+    perf: PerfData, method: str, steps: int, warmup: int, repeats: int
+) -> float:
+    """Volumes/s of the same model in default settings (``DEFAULT_RUNTIME``, a per-sample
+    DataLoader, views made one volume at a time)."""
+    runtime = OmegaConf.merge(perf.cfg.runtime, DEFAULT_RUNTIME)
+    batch = int(pretraining_settings(perf.cfg, method).batch_size)
+    per_sample = DataLoader(
+        PerSampleVolumes(perf.images, torch.as_tensor(perf.rows, dtype=torch.long)),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+    )
+    views = OneVolumeAtATime(build_method(perf.cfg, method).views)
+    _, times = _fit_steps(perf, method, per_sample, warmup + steps, views, runtime)
+    rate, _ = _median_rate(times, warmup, repeats, batch)
+    return rate
+
+
+def _measured_in_this_process(
+    perf: PerfData, what: str, method: str, steps: int, warmup: int, repeats: int
+):
+    """Runs in a fresh process: host settings first (the baseline keeps glibc's defaults),
+    then one measurement, so peak memory and allocator state belong to it alone."""
+    default = what == "default"
+    apply_host_settings(
+        OmegaConf.merge(perf.cfg.runtime, DEFAULT_RUNTIME) if default else perf.cfg.runtime
+    )
+    if what == "fast":
+        return measure_fast_path(perf, method, steps, warmup, repeats)
+    if what == "default":
+        return measure_default_settings(perf, method, steps, warmup, repeats)
+    return time_finetune_cell(perf)
+
+
+def in_fresh_process(perf: PerfData, what: str, method: str = "", steps=0, warmup=0, repeats=1):
+    """``_measured_in_this_process`` in a new (spawned) Python process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        job = pool.submit(_measured_in_this_process, perf, what, method, steps, warmup, repeats)
+        return job.result()
+
+
+@dataclass
+class FinetuneCellTime:
+    """One whole ``finetune`` cell (training with validation and early stopping, scoring,
+    localisation), timed on the perf phantom."""
+
+    seconds: float
+    epochs: int
+    n_train: int
+
+    @property
+    def seconds_per_volume_epoch(self) -> float:
+        return self.seconds / max(1, self.epochs) / self.n_train
+
+
+def time_finetune_cell(perf: PerfData) -> FinetuneCellTime:
+    """Fine-tune a randomly initialised encoder on fold 0 of the perf phantom, as a grid cell."""
+    cell = Cell("scratch", "finetune", 1.0, 0, 0)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        result = run_finetune(cell, perf.cfg, perf.data, None, Path(workdir))
+    seconds = time.perf_counter() - started
+    return FinetuneCellTime(round(seconds, 2), int(result["epochs"]), int(result["n_train"]))
 
 
 def format_table(results: list[Throughput]) -> str:
@@ -381,35 +460,10 @@ def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float
     )
 
 
-def finetune_epoch_seconds(cfg: DictConfig, images: Tensor, repeats: int) -> float:
-    """Seconds of one fine-tuning epoch over the paper's labelled training fold size."""
-    device = resolve_device(cfg.runtime)
+def paper_fold_size() -> int:
+    """Labelled training volumes of one fold of the ``paper`` profile at fraction 1.0."""
     paper = load_config("paper")
-    count = int(2 * paper.phantom.labelled * (1 - paper.splits.test) * (1 - 1 / paper.splits.folds))
-    labels = torch.arange(len(images)) % 2
-    model = Classifier(
-        ResNet18(stage_widths(float(cfg.backbone.width_multiplier))),
-        cfg.finetune,
-        class_weights(labels),
-        0,
-    )
-    prepare_module(model, cfg.runtime)
-    loader = batch_loader(
-        TensorBatches(image=images.to(device), label=labels.to(device)),
-        int(cfg.finetune.batch_size),
-        seed=0,
-    )
-    timer = StepTimer()
-    trainer = make_trainer(
-        cfg.runtime,
-        Path("/tmp/ssl3d-perf"),
-        max_epochs=repeats + 1,
-        callbacks=[timer],
-        validate=False,
-    )
-    trainer.fit(model, loader)
-    step = statistics.median(timer.times[len(loader) :])
-    return step * count / int(cfg.finetune.batch_size)
+    return int(2 * paper.phantom.labelled * (1 - paper.splits.test) * (1 - 1 / paper.splits.folds))
 
 
 def run_perf(
@@ -424,23 +478,33 @@ def run_perf(
     estimate: bool,
     cache: Path,
 ) -> str:
-    """Measure every selected method; returns the printed report."""
+    """Measure every selected method, each in fresh processes; returns the printed report."""
     cfg = load_config(profile, [*overrides, f"runtime.device={device}"], methods)
-    apply_threads(cfg.runtime)
     largest_batch = max(int(pretraining_settings(cfg, m).batch_size) for m in cfg.methods)
     perf = perf_data(cfg, cache, max(2 * largest_batch, 2 * int(cfg.phantom.unlabelled)))
     baseline = resolve_device(cfg.runtime).type == "cpu"
-    results = [
-        measure_method(perf, method, steps, warmup, repeats, baseline)
-        for method in cfg.methods
-        if get_method(method).needs_pretraining
-    ]
+    results = []
+    for method in cfg.methods:
+        if not get_method(method).needs_pretraining:
+            continue
+        result = in_fresh_process(perf, "fast", method, steps, warmup, repeats)
+        if baseline:
+            default_rate = in_fresh_process(perf, "default", method, steps, warmup, repeats)
+            result.default_volumes_per_s = round(default_rate, 2)
+            result.speedup = round(result.volumes_per_s / default_rate, 2)
+        results.append(result)
     report = [
         f"profile {cfg.profile}, device {device}, {steps} timed steps after {warmup} warm-up",
         format_table(results),
     ]
-    epoch_seconds = finetune_epoch_seconds(cfg, perf.images, repeats)
-    report.append(f"fine-tuning: {epoch_seconds:.2f} s per epoch of a paper-sized training fold")
+    cell = in_fresh_process(perf, "finetune")
+    epoch_seconds = cell.seconds_per_volume_epoch * paper_fold_size()
+    report.append(
+        f"fine-tuning: one cell (random init, fold 0, {cell.n_train} training volumes) took "
+        f"{cell.seconds:.1f} s for {cell.epochs} epochs with validation, scoring and "
+        f"localisation: {epoch_seconds:.2f} s per epoch of a paper-sized training fold "
+        f"({paper_fold_size()} volumes)"
+    )
     if estimate:
         caveat = (
             ""
