@@ -97,20 +97,60 @@ class SparseMaxPool3d(_Sparse, nn.MaxPool3d):
 class SparseBatchNorm3d(_Sparse, nn.BatchNorm3d):
     """BatchNorm3d over active voxels only: statistics, running averages and output.
 
-    The active voxels of the batch are gathered into ``[N, C]`` and normalised as N samples by
-    torch's own BatchNorm (momentum, running statistics, eval mode unchanged); inactive voxels
-    stay zero.
+    The statistics are masked moments: with ``w`` the active mask and ``n`` its count over the
+    batch, ``mean = sum(w x) / n`` and the biased ``var = sum(w (x - mean)^2) / n`` per channel,
+    which is torch's BatchNorm applied to the ``N = n`` active voxels as ``[N, C]`` samples
+    (momentum, the cumulative average when ``momentum`` is None, running statistics with the
+    unbiased variance, eval mode, ``affine`` and ``track_running_stats`` as torch). Sums and a
+    mask, not boolean indexing: the count stays on the device, so a CUDA step never waits for
+    the host. Computed in float32 for reduced-precision inputs (autocast); the output has the
+    input's dtype and is exactly zero at inactive voxels.
+
+    Unlike torch, a batch of one active voxel is not refused (that would need the count on the
+    host): its unbiased variance, hence ``running_var``, becomes NaN. A batch without active
+    voxels leaves the running statistics unchanged, as torch does for an empty batch.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if self.context.visible is None:
             return super().forward(x)
-        where = self.context.active(x.shape[2:])[:, 0]  # [B, D, H, W]
-        channels_last = x.movedim(1, -1)  # [B, D, H, W, C]
-        normalised = super().forward(channels_last[where][..., None, None, None])  # [N, C, 1, 1, 1]
-        out = torch.zeros_like(channels_last)
-        out[where] = normalised.flatten(1).to(out.dtype)
-        return out.movedim(-1, 1)
+        dims = (0, 2, 3, 4)
+        w = self.context.active(x.shape[2:]).to(torch.float32)  # [B, 1, D, H, W]
+        values = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
+        n = w.sum()  # active voxels in the batch, a device tensor
+        # torch's rule: batch statistics in training or when no running statistics are kept.
+        if self.training or self.running_mean is None or self.running_var is None:
+            mean = (values * w).sum(dims) / n.clamp_min(1)
+            var = ((values - _channels(mean)) ** 2 * w).sum(dims) / n.clamp_min(1)
+            if self.training and self.track_running_stats:
+                self._update_running_statistics(mean.detach(), var.detach(), n)
+        else:
+            mean, var = self.running_mean.to(values.dtype), self.running_var.to(values.dtype)
+        normalised = (values - _channels(mean)) * _channels(torch.rsqrt(var + self.eps))
+        if self.affine:
+            normalised = normalised * _channels(self.weight) + _channels(self.bias)
+        return (normalised * w).to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_statistics(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
+        """torch's update, with ``1 / num_batches_tracked`` kept on the device."""
+        factor: Tensor | float = 0.0
+        if self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked
+        elif self.momentum is not None:
+            factor = self.momentum
+        factor = factor * (n > 0)  # an empty batch leaves the statistics unchanged
+        if self.running_mean is not None:
+            self.running_mean.mul_(1 - factor).add_(factor * mean.to(self.running_mean.dtype))
+        if self.running_var is not None:
+            unbiased = var * n / (n - 1)
+            self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
+
+
+def _channels(values: Tensor) -> Tensor:
+    """[C] -> [1, C, 1, 1, 1], to broadcast over a [B, C, D, H, W] map."""
+    return values.view(1, -1, 1, 1, 1)
 
 
 SPARSE_LAYERS: dict[type[nn.Module], type[nn.Module]] = {

@@ -99,8 +99,12 @@ class SparK(SSLMethod):
         keep = round(grid**3 * (1 - self.settings.mask_ratio))
         order = torch.rand(len(images), grid**3, generator=generator).argsort(dim=1)
         visible = torch.zeros(len(images), grid**3, dtype=torch.bool)
-        visible.scatter_(1, order[:, :keep], True)
-        return visible.view(-1, 1, grid, grid, grid).to(images.device)
+        visible = visible.scatter_(1, order[:, :keep], True).view(-1, 1, grid, grid, grid)
+        # Drawn on the CPU generator, so a GPU run masks the same cells as a CPU run; copied
+        # from pinned memory without blocking, so the host does not wait for the GPU's queue.
+        if images.is_cuda:  # pinning needs CUDA
+            visible = visible.pin_memory()
+        return visible.to(images.device, non_blocking=True)
 
     def reconstruct(self, images: Tensor, visible: Tensor) -> Tensor:
         """The decoder's output [B, 1, S, S, S] for the visible voxels ``visible`` of ``images``."""
@@ -124,13 +128,18 @@ class SparK(SSLMethod):
 
     def masked_cell_loss(self, reconstruction: Tensor, targets: Tensor, cells: Tensor) -> Tensor:
         """Mean squared error per masked cell, averaged over masked cells (per-cell normalised
-        targets when ``normalize_target``, as in the official SparK)."""
+        targets when ``normalize_target``, as in the official SparK).
+
+        A sum over the masked cells divided by their count, both on the device: boolean
+        indexing would make a CUDA step wait for the host to learn how many cells it selects.
+        """
         targets = targets.float()
         if self.settings.normalize_target:
             mean, std = _cell_statistics(targets, self.cell)
             targets = (targets - mean) / std
         error = F.avg_pool3d((reconstruction.float() - targets) ** 2, self.cell)  # [B, 1, g^3]
-        return error[~cells].mean()
+        masked = ~cells
+        return torch.where(masked, error, 0).sum() / masked.sum()
 
     @torch.no_grad()
     def draw_reconstructions(self, images: Tensor, path: Path, seed: int = 0) -> Path:

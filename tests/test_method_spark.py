@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmark.methods.spark import _cell_statistics
 
 from benchmark.backbone import ResNet18, monai_resnet18, stage_widths
 from benchmark.config import load_config
@@ -10,7 +11,7 @@ from benchmark.grid import run_grid
 from benchmark.method import MethodConfigError
 from benchmark.pretrain import build_method
 from benchmark.sparse import MaskContext, SparseBatchNorm3d, sparsify
-from benchmark.testing import pretrain_briefly, probe_auprc, smoke_data
+from benchmark.testing import cross_validated_probe_auprc, pretrain_briefly, smoke_data
 
 WIDTHS = (8, 16, 32, 64)
 
@@ -91,6 +92,105 @@ def test_batchnorm_statistics_ignore_masked_voxels():
     expected = (values - mean) / torch.sqrt(variance + norm.eps)
     torch.testing.assert_close(out.movedim(1, -1)[visible[:, 0]], expected)
     assert out.masked_select(~visible).abs().max() == 0
+
+
+def _gathered_batchnorm(norm: torch.nn.BatchNorm3d, x: torch.Tensor, active: torch.Tensor):
+    """The former SparseBatchNorm3d: torch's BatchNorm on the active voxels gathered into
+    [N, C] by boolean indexing, scattered back into zeros."""
+    where = active[:, 0]
+    channels_last = x.movedim(1, -1)
+    normalised = norm(channels_last[where][..., None, None, None]).flatten(1)
+    out = torch.zeros_like(channels_last)
+    out[where] = normalised.to(out.dtype)
+    return out.movedim(-1, 1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}],
+    ids=["default", "cumulative", "no-affine", "untracked"],
+)
+def test_masked_batchnorm_by_sums_equals_batchnorm_of_the_gathered_voxels(options):
+    """Training steps, then eval: outputs, gradients and running statistics agree to 1e-5."""
+    torch.manual_seed(0)
+    context = MaskContext()
+    sparse = sparsify(torch.nn.BatchNorm3d(5, **options), context)
+    reference = torch.nn.BatchNorm3d(5, **options)
+    if sparse.affine:
+        with torch.no_grad():
+            sparse.weight.uniform_(0.5, 1.5), sparse.bias.uniform_(-0.5, 0.5)
+    reference.load_state_dict(sparse.state_dict())
+    close = {"atol": 1e-5, "rtol": 1e-5}
+    for step, mode in enumerate(["train", "train", "eval"]):
+        sparse.train(mode == "train"), reference.train(mode == "train")
+        active = torch.rand(3, 1, 6, 6, 6) < 0.4
+        x = torch.randn(3, 5, 6, 6, 6) * 3 + 2
+        x = torch.where(active, x, torch.randn_like(x) * 50)  # inactive voxels must not count
+        x_sparse, x_reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+        upstream = torch.randn_like(x)
+        with context.masking(active):
+            out = sparse(x_sparse)
+        expected = _gathered_batchnorm(reference, x_reference, active)
+        torch.testing.assert_close(out, expected, **close)
+        assert out.masked_select(~active).abs().max() == 0
+        (out * upstream).sum().backward()
+        (expected * upstream).sum().backward()
+        torch.testing.assert_close(x_sparse.grad, x_reference.grad, **close)
+        if sparse.affine:
+            torch.testing.assert_close(sparse.weight.grad, reference.weight.grad, **close)
+            torch.testing.assert_close(sparse.bias.grad, reference.bias.grad, **close)
+        for name, buffer in reference.named_buffers():
+            torch.testing.assert_close(dict(sparse.named_buffers())[name], buffer, **close)
+        if sparse.track_running_stats:
+            assert int(sparse.num_batches_tracked) == min(step + 1, 2)
+            assert not torch.equal(sparse.running_mean, torch.zeros(5))
+
+
+def test_masked_batchnorm_of_an_empty_mask_keeps_its_running_statistics():
+    context = MaskContext()
+    norm = sparsify(torch.nn.BatchNorm3d(2), context).train()
+    with context.masking(torch.zeros(2, 1, 4, 4, 4, dtype=torch.bool)):
+        out = norm(torch.randn(2, 2, 4, 4, 4))
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.equal(norm.running_mean, torch.zeros(2))
+    assert torch.equal(norm.running_var, torch.ones(2))
+    assert int(norm.num_batches_tracked) == 1  # as torch's BatchNorm on an empty batch
+
+
+def test_masked_batchnorm_of_bfloat16_input_computes_in_float32():
+    torch.manual_seed(0)
+    context = MaskContext()
+    norm = sparsify(torch.nn.BatchNorm3d(4), context).train()
+    reference = torch.nn.BatchNorm3d(4).train()
+    active = torch.rand(2, 1, 8, 8, 8) < 0.5
+    x = (torch.randn(2, 4, 8, 8, 8) * 4 + 100).to(torch.bfloat16)  # float32 statistics needed
+    with context.masking(active):
+        out = norm(x)
+    expected = _gathered_batchnorm(reference, x.float(), active)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(norm.running_mean, reference.running_mean)
+    torch.testing.assert_close(norm.running_var, reference.running_var)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_masked_cell_loss_is_the_mean_error_of_the_masked_cells(normalize):
+    cfg = load_config(
+        "smoke", [f"method.spark.normalize_target={str(normalize).lower()}"], methods=["spark"]
+    )
+    method = build_method(cfg, "spark")
+    targets = torch.rand(3, 1, 32, 32, 32)
+    reconstruction = torch.rand(3, 1, 32, 32, 32)
+    cells = method.random_cells(targets, torch.Generator().manual_seed(0))
+    if normalize:
+        mean, std = _cell_statistics(targets, method.cell)
+        targets_seen = (targets - mean) / std
+    else:
+        targets_seen = targets
+    error = F.avg_pool3d((reconstruction - targets_seen) ** 2, method.cell)
+    expected = error[~cells].mean()  # boolean indexing: what the loss must equal
+    loss = method.masked_cell_loss(reconstruction, targets, cells)
+    torch.testing.assert_close(loss, expected)
 
 
 def test_backbone_batchnorm_sees_only_active_voxels():
@@ -179,10 +279,12 @@ def test_masked_cells_are_reconstructed_better_than_the_mean_intensity(brief_raw
     assert model_error < 0.9 * baseline_error
 
 
-def test_pretrained_encoder_beats_random_init_on_a_probe(brief):
-    torch.manual_seed(0)
-    random_encoder = ResNet18(WIDTHS)
-    assert probe_auprc(brief.module.encoder, brief.data) > probe_auprc(random_encoder, brief.data)
+def test_pretrained_encoder_beats_its_initialisation_on_a_probe(brief):
+    """Out-of-fold over every labelled volume: the single test split of ``probe_auprc`` (a few
+    volumes) swung from 0.87 to 0.42 between runs that differ by float rounding only."""
+    pretrained = cross_validated_probe_auprc(brief.module.encoder, brief.data)
+    initial = cross_validated_probe_auprc(brief.initial_encoder, brief.data)
+    assert pretrained > initial, f"probe AUPRC {pretrained:.3f} vs init {initial:.3f}"
 
 
 def test_smoke_grid_exports_a_plain_encoder_a_decoder_and_a_figure(tmp_path, manifest):
