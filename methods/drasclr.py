@@ -156,10 +156,23 @@ class DrasCLR(SSLMethod):
             deactivate_requires_grad(module)
         self.queue = LocationQueue(settings.grid**3, settings.queue_size, settings.output_dim)
         self._new_keys: Tensor | None = None
+        # (grid, neighbours, device) -> patch coordinates and neighbour table on that device.
+        # A plain cache, not buffers: the state dict and checkpoints keep their keys, DDP has
+        # nothing more to broadcast, and a move to another device just adds an entry.
+        self._grid_tensors: dict[tuple[PatchGrid, int, torch.device], tuple[Tensor, Tensor]] = {}
 
     def patch_grid(self, size: int) -> PatchGrid:
         s = self.settings
         return PatchGrid.of(size, float(s.patch_fraction), int(s.grid), int(s.neighbours))
+
+    def grid_tensors(self, grid: PatchGrid, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``grid``'s coordinates ``[L, 3]`` and nearest neighbours ``[L, neighbours]`` on
+        ``device``, computed and copied once: a training step copies nothing from the host."""
+        key = (grid, int(self.settings.neighbours), device)
+        if key not in self._grid_tensors:
+            neighbours = grid.neighbours(key[1])
+            self._grid_tensors[key] = (grid.coordinates.to(device), neighbours.to(device))
+        return self._grid_tensors[key]
 
     def check_settings(self, batch_size: int) -> None:
         self.require_batches_of(
@@ -198,11 +211,10 @@ class DrasCLR(SSLMethod):
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = batch["image"]
         grid = self.patch_grid(images.shape[-1])
-        coordinates = grid.coordinates.to(images.device)
+        coordinates, neighbours = self.grid_tensors(grid, images.device)
         query = self.embed(grid.extract(self.augment(images)[0]), coordinates)
         with torch.no_grad():
             key = self.embed(grid.extract(self.augment(images)[0]), coordinates, key=True)
-        neighbours = grid.neighbours(int(self.settings.neighbours)).to(images.device)
         temperature = float(self.settings.temperature)
         local = info_nce(query, key, self.queue.keys, temperature).mean()
         neighbourhood = info_nce(

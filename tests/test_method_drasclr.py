@@ -100,3 +100,21 @@ def test_a_whole_crop_encoder_is_fine_tuned_from_patch_pretraining(tmp_path):
     monai_resnet18(stage_widths(cfg.backbone.width_multiplier)).load_state_dict(state, strict=True)
     cells = list((tmp_path / "cells" / "drasclr").rglob("*.json"))
     assert cells and all('"status": "done"' in path.read_text() for path in cells)
+
+
+def test_a_step_reuses_its_device_grid_tensors_and_the_state_dict_keeps_its_keys():
+    """Coordinates and neighbour table are made once per (grid, device), not copied from the
+    host every step, and are no part of the state dict (checkpoints keep their keys)."""
+    method = build_method(load_config("smoke", methods=["drasclr"]), "drasclr")
+    keys = set(method.state_dict())
+    images = torch.rand(2, 1, 32, 32, 32)
+    assert torch.isfinite(method.pretraining_loss({"image": images})["loss"])
+    grid = method.patch_grid(32)
+    coordinates, neighbours = method.grid_tensors(grid, images.device)
+    again = method.grid_tensors(method.patch_grid(32), images.device)
+    assert again[0] is coordinates and again[1] is neighbours
+    torch.testing.assert_close(coordinates, grid.coordinates)
+    assert torch.equal(neighbours, grid.neighbours(int(method.settings.neighbours)))
+    assert method.grid_tensors(grid, torch.device("meta"))[0].device.type == "meta"
+    assert set(method.state_dict()) == keys
+    method.load_state_dict(method.state_dict(), strict=True)
