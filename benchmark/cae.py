@@ -95,16 +95,18 @@ def train_autoencoder(
     losses = []
     for epoch in range(epochs):
         loader.batch_sampler.sampler.set_epoch(epoch)
-        total, count = 0.0, 0
+        # Summed on the device (in float64, as the Python float it replaces) and read once per
+        # epoch: reading each step's loss would make the host wait for the GPU every step.
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0
         for batch in loader:
             volumes = batch["image"].to(device, non_blocking=True)
             loss = F.l1_loss(model(volumes), volumes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(volumes)
+            total += loss.detach().double() * len(volumes)
             count += len(volumes)
-        losses.append(total / count)
+        losses.append(total.item() / count)
     return losses
 
 

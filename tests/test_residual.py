@@ -13,7 +13,8 @@ from torch import nn
 
 from benchmark.ablation import run_ablation
 from benchmark.backbone import monai_resnet18, stage_widths
-from benchmark.cae import reconstruct
+from benchmark.batches import TensorBatches, batch_loader
+from benchmark.cae import ConvAutoencoder3D, reconstruct, train_autoencoder
 from benchmark.config import load_config
 from benchmark.grid import run_grid
 from benchmark.method import MethodConfigError
@@ -28,6 +29,35 @@ from benchmark.residuals import (
 )
 from benchmark.results import read_cells
 from benchmark.testing import pretrain_briefly, smoke_data
+
+
+def test_the_cae_epoch_losses_are_the_mean_step_losses_read_once_per_epoch():
+    """train_autoencoder sums its losses on the device; the epochs' means equal those of the
+    loop that read every step's loss on the host."""
+
+    def cae():
+        torch.manual_seed(0)
+        return ConvAutoencoder3D(16, channels=(4, 8, 8), latent_dim=16)
+
+    images = torch.rand(7, 1, 16, 16, 16)
+    losses = train_autoencoder(cae(), images, 2, 3, 1e-3, 0, torch.device("cpu"))
+    model = cae().train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = batch_loader(TensorBatches(image=images), 3, 0)
+    expected = []
+    for epoch in range(2):
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        total, count = 0.0, 0
+        for batch in loader:
+            volumes = batch["image"]
+            loss = nn.functional.l1_loss(model(volumes), volumes)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, count = total + float(loss.detach()) * len(volumes), count + len(volumes)
+        expected.append(total / count)
+    assert all(type(value) is float for value in losses)
+    assert losses == pytest.approx(expected, rel=1e-12)
 
 
 def _context(tmp_path, overrides=(), data=None):
