@@ -491,30 +491,41 @@ def apply_affine(
     for xyz_axis in range(3):
         rows = torch.nonzero(is_axis_flip & (diagonal[:, xyz_axis] < 0))[:, 0]
         if rows.numel():
-            rows = rows.to(volumes.device)
+            rows = to_device(rows, volumes.device)
             result[rows] = result[rows].flip(4 - xyz_axis)  # x is W (dim 4), z is D (dim 2)
     rows = torch.nonzero(separable)[:, 0]
     if rows.numel():
         weights = [
-            axis_resampling_weights(
-                volumes.shape[4 - xyz_axis],
-                diagonal[rows, xyz_axis],
-                translation[rows, xyz_axis],
-                padding_mode,
-            ).to(volumes.device, torch.float32)
+            to_device(
+                axis_resampling_weights(
+                    volumes.shape[4 - xyz_axis],
+                    diagonal[rows, xyz_axis],
+                    translation[rows, xyz_axis],
+                    padding_mode,
+                ).float(),
+                volumes.device,
+            )
             for xyz_axis in (2, 1, 0)  # D, H, W
         ]
-        rows = rows.to(volumes.device)
+        rows = to_device(rows, volumes.device)
         result[rows] = along_axes(volumes[rows].float(), weights).to(volumes.dtype)
     rows = torch.nonzero(~is_axis_flip & ~separable)[:, 0]
     if rows.numel():
-        theta = matrices[rows].to(volumes.device, torch.float32)  # [n, 3, 4]
-        rows = rows.to(volumes.device)
+        theta = to_device(matrices[rows].float(), volumes.device)  # [n, 3, 4]
+        rows = to_device(rows, volumes.device)
         selected = volumes[rows].float()  # [n, C, D, H, W]
         grid = F.affine_grid(theta, list(selected.shape), align_corners=False)  # [n, D, H, W, 3]
         resampled = F.grid_sample(selected, grid, mode, padding_mode, align_corners=False)
         result[rows] = resampled.to(volumes.dtype)
     return result
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor (rows, parameters, weights) on ``device`` without waiting: a blocking
+    host-to-GPU copy synchronises the stream, so every view would stall the GPU's queue."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def axis_resampling_weights(
@@ -575,8 +586,8 @@ def _change_rows(
     result = volumes.clone()
     rows = torch.nonzero(parameter != neutral)[:, 0]
     if rows.numel():
-        values = parameter[rows].to(volumes.device, torch.float32).view(-1, 1, 1, 1, 1)
-        rows = rows.to(volumes.device)
+        values = to_device(parameter[rows].float(), volumes.device).view(-1, 1, 1, 1, 1)
+        rows = to_device(rows, volumes.device)
         result[rows] = change(volumes[rows].float(), values).to(volumes.dtype)
     return result
 
@@ -633,7 +644,7 @@ def gaussian_blur(volumes: Tensor, sigma: Tensor) -> Tensor:
     def change(rows: Tensor, sigma: Tensor) -> Tensor:
         sigma = sigma.flatten().to("cpu", torch.float64)
         weights = [
-            gaussian_blur_weights(size, sigma).to(rows.device, torch.float32)
+            to_device(gaussian_blur_weights(size, sigma).float(), rows.device)
             for size in rows.shape[2:]
         ]
         return along_axes(rows, weights)
