@@ -426,7 +426,8 @@ def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float
     such as ``residual``, one unit per seed and fold) and every ``finetune`` cell of every
     method (``scratch`` included) its ``max_epochs`` over its label fraction's training set,
     one at a time; early stopping only shortens both. Not counted: methods' prepare stages
-    (the residual method's autoencoder), validation passes and the cheap probe cells.
+    (the residual method's autoencoder), pretraining's validation passes and the cheap probe
+    cells; ``finetune_epoch_seconds`` comes from a whole timed cell, its validation included.
     """
     paper = load_config("paper")
     pool = 2 * int(paper.phantom.unlabelled) * (1 - float(paper.pretrain.val_fraction))
@@ -458,7 +459,7 @@ def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float
     )
     return (
         "Estimated paper-profile grid on this device (epochs at their maximum; not counted: "
-        "prepare stages, validation passes, probe cells):\n"
+        "prepare stages, pretraining validation passes, probe cells):\n"
         + "\n".join(lines)
         + (f"\n  total: {total:.1f} h")
     )

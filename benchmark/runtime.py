@@ -159,7 +159,8 @@ def keep_freed_host_memory() -> None:
 
 
 def prepare_module(module: nn.Module, runtime: DictConfig) -> nn.Module:
-    """channels_last_3d weights (about 3x faster ResNet steps on the CPU here) and, when
+    """channels_last_3d weights (on the 2-core build machine a quarter-width 32^3 ResNet18
+    step took 0.52x the time at batch 64 and 0.94x at batch 32) and, when
     ``runtime.compile`` is on, every ResNet18 inside compiled in place (``nn.Module.compile``
     keeps the parameter names, so checkpoints and the exported encoder are unchanged)."""
     if runtime.channels_last:
