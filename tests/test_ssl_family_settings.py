@@ -4,12 +4,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightly.loss import VICRegLoss
 from torch import nn
 
 from benchmark.config import load_config
 from benchmark.method import MethodConfigError
 from benchmark.momentum import MomentumCopy, scheduled_momentum
 from benchmark.pretrain import build_method
+from methods.vicreg import VICRegCriterion
 
 FAMILY = ["simclr", "byol", "simsiam", "byol_as_released", "moco", "barlow_twins", "vicreg"]
 
@@ -88,3 +90,17 @@ def test_scheduled_momentum_is_a_cosine_from_start_to_end_over_the_real_steps():
     assert at(51) == pytest.approx(0.995)  # half-way
     assert at(101) == pytest.approx(1.0)  # after the last one
     assert at(1) < at(30) < at(70) < at(101)
+
+
+def test_vicreg_criterion_is_lightlys_vicreg_loss_in_value_and_gradient():
+    torch.manual_seed(0)
+    first, second = torch.randn(2, 16, 96, dtype=torch.float64).unbind(0)
+    losses, gradients = [], []
+    for criterion in (VICRegLoss(), VICRegCriterion()):
+        inputs = [first.clone().requires_grad_(), (second + 0.3 * first).requires_grad_()]
+        loss = criterion(*inputs)
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append(torch.cat([tensor.grad.flatten() for tensor in inputs]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-10, atol=1e-14)
