@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.batches import TensorBatches, batch_loader
+from benchmark.runtime import fused_optimizer
 
 
 class ConvAutoencoder3D(nn.Module):
@@ -90,7 +91,7 @@ def train_autoencoder(
     from the spine's in-memory loader, shuffled per epoch by ``seed``.
     """
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, **fused_optimizer(model))
     loader = batch_loader(TensorBatches(image=images), batch_size, seed)
     losses = []
     for epoch in range(epochs):

@@ -29,7 +29,13 @@ from benchmark.localisation import check_stage, localise
 from benchmark.randomness import SeededStream
 from benchmark.results import Cell
 from benchmark.rundata import RunData
-from benchmark.runtime import epoch_checkpoints, make_trainer, prepare_module, resolve_device
+from benchmark.runtime import (
+    epoch_checkpoints,
+    fused_optimizer,
+    make_trainer,
+    prepare_module,
+    resolve_device,
+)
 from benchmark.scoring import NonFiniteScoresError, score_cell
 
 
@@ -69,7 +75,9 @@ class Classifier(SeededStream):
         self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=float(self.settings.lr))
+        return torch.optim.Adam(
+            self.parameters(), lr=float(self.settings.lr), **fused_optimizer(self)
+        )
 
     @torch.no_grad()
     def scores(self, images: Tensor, batch_size: int) -> Tensor:

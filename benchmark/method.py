@@ -34,6 +34,7 @@ from benchmark.backbone import ResNet18
 from benchmark.datasets.views import Views
 from benchmark.errors import UserError
 from benchmark.randomness import SeededStream
+from benchmark.runtime import fused_optimizer
 
 if TYPE_CHECKING:
     from benchmark.pretrain import PretrainingContext
@@ -204,7 +205,7 @@ class SSLMethod(SeededStream):
             {"params": decayed, "weight_decay": float(settings.weight_decay)},
             {"params": not_decayed, "weight_decay": 0.0},
         ]
-        optimizer = build_optimizer(settings.optimizer, groups, settings)
+        optimizer = build_optimizer(settings.optimizer, groups, settings, fused_optimizer(self))
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         self.trainer.fit_loop.setup_data()  # so num_training_batches is known in step-bounded runs
         steps_per_epoch = max(1, int(self.trainer.num_training_batches))
@@ -215,15 +216,20 @@ class SSLMethod(SeededStream):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def build_optimizer(name: str, groups: list[dict], settings: DictConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW, SGD or LARS (You et al. 2017; the residual method's optimiser) by name."""
-    lr = float(settings.lr)
+def build_optimizer(
+    name: str, groups: list[dict], settings: DictConfig, implementation: dict | None = None
+) -> torch.optim.Optimizer:
+    """Adam, AdamW, SGD or LARS (You et al. 2017; the residual method's optimiser) by name.
+
+    ``implementation``: keyword arguments for torch's own optimisers (``fused_optimizer``);
+    lightly's LARS has a single implementation."""
+    lr, implementation = float(settings.lr), implementation or {}
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, **implementation)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, **implementation)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(settings.momentum))
+        return torch.optim.SGD(groups, lr=lr, momentum=float(settings.momentum), **implementation)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=float(settings.momentum))
     raise MethodConfigError(

@@ -9,7 +9,8 @@ For each method, at the profile's volume size and batch size, on ``--device``:
 * ``data_overhead`` = 1 - real / compute-only (target: at most 5 % on CUDA, 10 % on CPU);
 * ``default_volumes_per_s``: the same model in default settings — channels-first fp32, a
   per-sample DataLoader and each volume's views made one at a time (as per-sample transform
-  pipelines do), glibc's default allocator — and ``speedup`` over it (target on the CPU: at
+  pipelines do), glibc's default allocator, torch's default (per-parameter loop) optimiser
+  step — and ``speedup`` over it (target on the CPU: at
   least 2x);
 * ``peak_mem_mb``: on CUDA the peak allocated memory, on the CPU the peak resident memory of
   the process that measured this method (each method is measured in a fresh process);
@@ -208,6 +209,7 @@ DEFAULT_RUNTIME = {
     "precision": "32",
     "compile": False,
     "keep_host_memory": False,
+    "fused_optimizer": False,
     "cohort_on_device": "never",
 }
 

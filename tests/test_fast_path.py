@@ -25,8 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmark.batches import EpochShuffle, NoSingletonBatches, TensorBatches, batch_loader
 from benchmark.config import load_config
+from benchmark.method import build_optimizer
 from benchmark.pretrain import build_method
-from benchmark.runtime import RuntimeSettingError, prepare_module, resolve_precision
+from benchmark.runtime import (
+    RuntimeSettingError,
+    fused_optimizer,
+    prepare_module,
+    resolve_precision,
+)
 from benchmark.testing import smoke_data
 
 # Stated tolerances of one SimCLR training step at the smoke size, relative to fp32 contiguous.
@@ -163,3 +169,28 @@ def test_keep_host_memory_keeps_freed_blocks_for_the_next_step():
 
     assert released_mb("default") > 12
     assert released_mb("keep") < 1
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_optimizer_steps_as_the_default_loop(name):
+    """``runtime.fused_optimizer`` gives torch's fused kernel (one call for all parameters) and
+    the parameters it reaches are those of the per-parameter loop, within rounding (in float64:
+    in float32, Adam's step of lr on parameters whose gradient is rounding noise differs)."""
+    cfg = load_config("smoke", methods=["simclr"])
+    _, data, _ = smoke_data()
+    batch = {"image": data.images(range(8)).double(), "index": torch.arange(8)}
+    settings = OmegaConf.create({"lr": 1e-2, "momentum": 0.9})
+    trained = []
+    for fused in (False, True):
+        pl.seed_everything(0, verbose=False)
+        module = build_method(cfg, "simclr").double()
+        prepare_module(module, OmegaConf.merge(cfg.runtime, {"fused_optimizer": fused}))
+        groups = [{"params": list(module.parameters()), "weight_decay": 1e-4}]
+        optimizer = build_optimizer(name, groups, settings, fused_optimizer(module))
+        assert bool(optimizer.defaults.get("fused")) is fused
+        for _ in range(3):  # the module's own view stream: the same views in both runs
+            module.pretraining_loss(batch)["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        trained.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
+    torch.testing.assert_close(trained[1], trained[0], rtol=1e-7, atol=1e-9)
