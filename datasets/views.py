@@ -15,7 +15,8 @@ on the batch's device, never a per-sample CPU worker. A call works in three step
    pure axis flip are not resampled: they are copied or flipped exactly.
 3. Intensity operations (gamma, brightness, contrast, Gaussian blur, Gaussian noise, in this
    order) change the image only, never the target, with per-sample parameters applied by
-   broadcasting. Samples an operation leaves alone are returned bit for bit.
+   broadcasting. Samples an operation leaves alone are returned bit for bit. The functions
+   return new tensors; `Views` calls them with `inplace=True` on the views it has just made.
 
 Intensities are not clamped afterwards (noise and brightness can leave [0, 1]), as with MONAI's
 RandGaussianNoise and RandScaleIntensity. Everything runs under `torch.no_grad()`.
@@ -662,16 +663,22 @@ def along_axes(volumes: Tensor, weights: Sequence[Tensor]) -> Tensor:
 
 
 def _change_rows(
-    volumes: Tensor, parameter: Tensor, neutral: float, change: Callable[[Tensor, Tensor], Tensor]
+    volumes: Tensor,
+    parameter: Tensor,
+    neutral: float,
+    change: Callable[[Tensor, Tensor], Tensor],
+    inplace: bool = False,
 ) -> Tensor:
     """Apply `change(rows, values)` to the samples whose parameter differs from `neutral`.
 
-    volumes: [B, C, D, H, W] floating; parameter: [B] or a number. `change` gets the selected rows in float32 and their parameter as a float32
-    [n, 1, 1, 1, 1] tensor on the volumes' device. Other samples are returned bit for bit.
-    Returns a new tensor like `volumes`.
+    volumes: [B, C, D, H, W] floating; parameter: [B] or a number. `change` gets the selected
+    rows in float32 and their parameter as a float32 [n, 1, 1, 1, 1] tensor on the volumes'
+    device. Other samples are returned bit for bit. Returns a new tensor like `volumes`, or
+    `volumes` itself changed with `inplace` (`Views.apply` changes the views it made: a copy
+    of the whole batch per operation was a sixth of a contrastive batch's cost on the CPU).
     """
     parameter = _per_sample(parameter, volumes.shape[0])
-    result = volumes.clone()
+    result = volumes if inplace else volumes.clone()
     rows = torch.nonzero(parameter != neutral)[:, 0]
     if rows.numel():
         values = to_device(parameter[rows].float(), volumes.device).view(-1, 1, 1, 1, 1)
@@ -687,7 +694,7 @@ def _per_sample(parameter: Tensor | float, batch_size: int) -> Tensor:
     return parameter.reshape(-1).expand(batch_size)
 
 
-def adjust_gamma(volumes: Tensor, gamma: Tensor) -> Tensor:
+def adjust_gamma(volumes: Tensor, gamma: Tensor, inplace: bool = False) -> Tensor:
     """Gamma on each sample's own range: lo + (hi - lo) * ((x - lo) / (hi - lo)) ** gamma.
 
     volumes: [B, C, D, H, W]; gamma: [B] > 0 (1 = unchanged). Constant samples stay unchanged.
@@ -699,15 +706,15 @@ def adjust_gamma(volumes: Tensor, gamma: Tensor) -> Tensor:
         unit = (rows - low) / extent.clamp(min=torch.finfo(torch.float32).tiny)
         return low + extent * unit.clamp(0, 1) ** gamma
 
-    return _change_rows(volumes, gamma, 1.0, change)
+    return _change_rows(volumes, gamma, 1.0, change, inplace)
 
 
-def adjust_brightness(volumes: Tensor, factor: Tensor) -> Tensor:
+def adjust_brightness(volumes: Tensor, factor: Tensor, inplace: bool = False) -> Tensor:
     """Multiply each sample by its factor. volumes: [B, C, D, H, W]; factor: [B] (1 = unchanged)."""
-    return _change_rows(volumes, factor, 1.0, lambda rows, factor: rows * factor)
+    return _change_rows(volumes, factor, 1.0, lambda rows, factor: rows * factor, inplace)
 
 
-def adjust_contrast(volumes: Tensor, factor: Tensor) -> Tensor:
+def adjust_contrast(volumes: Tensor, factor: Tensor, inplace: bool = False) -> Tensor:
     """Scale each sample about its mean: mean + (x - mean) * factor.
 
     volumes: [B, C, D, H, W]; factor: [B] (1 = unchanged, 0 = flat at the mean).
@@ -717,10 +724,10 @@ def adjust_contrast(volumes: Tensor, factor: Tensor) -> Tensor:
         mean = rows.mean(dim=(1, 2, 3, 4), keepdim=True)
         return mean + (rows - mean) * factor
 
-    return _change_rows(volumes, factor, 1.0, change)
+    return _change_rows(volumes, factor, 1.0, change, inplace)
 
 
-def gaussian_blur(volumes: Tensor, sigma: Tensor) -> Tensor:
+def gaussian_blur(volumes: Tensor, sigma: Tensor, inplace: bool = False) -> Tensor:
     """Blur each sample with an isotropic Gaussian of its own sigma (voxels; 0 = unchanged).
 
     volumes: [B, C, D, H, W]; sigma: [B]. Separable, the kernel truncated at each sample's own
@@ -737,7 +744,7 @@ def gaussian_blur(volumes: Tensor, sigma: Tensor) -> Tensor:
         ]
         return along_axes(rows, weights)
 
-    return _change_rows(volumes, sigma, 0.0, change)
+    return _change_rows(volumes, sigma, 0.0, change, inplace)
 
 
 def gaussian_blur_weights(size: int, sigma: Tensor) -> Tensor:
@@ -756,7 +763,7 @@ def gaussian_blur_weights(size: int, sigma: Tensor) -> Tensor:
 
 
 def add_gaussian_noise(
-    volumes: Tensor, std: Tensor, generator: torch.Generator | None = None
+    volumes: Tensor, std: Tensor, generator: torch.Generator | None = None, inplace: bool = False
 ) -> Tensor:
     """Add zero-mean Gaussian noise of each sample's std. volumes: [B, C, D, H, W]; std: [B].
 
@@ -768,7 +775,7 @@ def add_gaussian_noise(
         noise = torch.randn(rows.shape, generator=generator, device=rows.device)
         return rows + std * noise
 
-    return _change_rows(volumes, std, 0.0, change)
+    return _change_rows(volumes, std, 0.0, change, inplace)
 
 
 class Views:
@@ -837,12 +844,13 @@ class Views:
         if targets is not None:
             mode = "bilinear" if targets.is_floating_point() else "nearest"
             target_views = apply_affine(targets, parameters.matrices, mode, padding_mode)
-        views = adjust_gamma(views, parameters.gamma)
-        views = adjust_brightness(views, parameters.brightness)
-        views = adjust_contrast(views, parameters.contrast)
-        views = gaussian_blur(views, parameters.blur_sigma)
+        # `views` is this call's own tensor: each intensity operation changes it in place.
+        adjust_gamma(views, parameters.gamma, inplace=True)
+        adjust_brightness(views, parameters.brightness, inplace=True)
+        adjust_contrast(views, parameters.contrast, inplace=True)
+        gaussian_blur(views, parameters.blur_sigma, inplace=True)
         noise_generator = torch.Generator(device=images.device).manual_seed(parameters.noise_seed)
-        views = add_gaussian_noise(views, parameters.noise_std, noise_generator)
+        add_gaussian_noise(views, parameters.noise_std, noise_generator, inplace=True)
         return views.to(images.dtype), target_views
 
 
