@@ -530,13 +530,14 @@ def apply_affine(
 
 def trilinear_by_slices(volumes: Tensor, matrices: Tensor, padding_mode: str = "border") -> Tensor:
     """``F.grid_sample(volumes, F.affine_grid(matrices), "bilinear", padding_mode)`` for any
-    affine (align_corners=False), as two bilinear samples of a 2D image and a blend between them.
+    affine (align_corners=False), as one bilinear sample of a 2D image and a blend along D.
 
     Trilinear interpolation is linear interpolation, along D, between bilinear samples of the
     two slices on either side of the source point. The slices, each framed by one padding row
     above and below (and the volume by one padding slice at each end), are stacked into one tall
-    2D image, so torch's vectorised 2D sampler reads both taps of every voxel in one call; its
-    3D sampler is not vectorised on the CPU, and this is about 3x faster there (0.35 against
+    2D image, whose second block of channels holds each slice's successor: torch's vectorised
+    2D sampler reads both slices' taps of a voxel at one image position in one call. Its 3D
+    sampler is not vectorised on the CPU, and this is about 3.5x faster there (0.30 against
     1.1 ms per 32^3 volume on the 2-core build machine). The frame rows hold what the padding
     mode reads outside the volume (zeros, or the edge voxels), so a tap never reaches a
     neighbouring slice. W is left to the 2D sampler, in the same padding mode.
@@ -563,19 +564,19 @@ def trilinear_by_slices(volumes: Tensor, matrices: Tensor, padding_mode: str = "
     framed_rows = height + 2
     tall_rows = (depth + 2) * framed_rows
     frame = "constant" if padding_mode == "zeros" else "replicate"
-    tall = F.pad(volumes, (0, 0, 1, 1, 1, 1), mode=frame).view(n, channels, tall_rows, width)
-    grid = torch.empty(n, 2, depth, height, width, 2, device=volumes.device)
-    grid[:, 0, ..., 0] = x
-    grid[:, 1, ..., 0] = x
+    framed = F.pad(volumes, (0, 0, 1, 1, 1, 1), mode=frame)  # [n, C, D + 2, H + 2, W]
+    slices = torch.empty(n, 2, channels, depth + 2, framed_rows, width, device=volumes.device)
+    slices[:, 0] = framed
+    slices[:, 1, :, :-1] = framed[:, :, 1:]  # each slice's successor
+    slices[:, 1, :, -1] = 0  # after the last frame slice: read only with weight 0
+    tall = slices.view(n, 2 * channels, tall_rows, width)
     # Row (low + 1) * framed_rows + y + 1 of the tall image (the frame shifts everything by
     # one), normalised as the sampler reads it: (2 row + 1) / tall_rows - 1.
     row = low.add_(1).mul_(framed_rows).add_(y).mul_(2 / tall_rows).add_(3 / tall_rows - 1)
-    grid[:, 0, ..., 1] = row
-    grid[:, 1, ..., 1] = row.add_(2 * framed_rows / tall_rows)  # the next slice
-    grid = grid.view(n, 2 * depth * height, width, 2)
+    grid = torch.stack((x, row), dim=-1).view(n, depth * height, width, 2)
     taps = F.grid_sample(tall, grid, "bilinear", padding_mode, align_corners=False)
-    taps = taps.view(n, channels, 2, depth, height, width)
-    return torch.lerp(taps[:, :, 0], taps[:, :, 1], fraction[:, None])
+    taps = taps.view(n, 2, channels, depth, height, width)
+    return torch.lerp(taps[:, 0], taps[:, 1], fraction[:, None])
 
 
 def _source_coordinates(
@@ -651,15 +652,21 @@ def along_axes(volumes: Tensor, weights: Sequence[Tensor]) -> Tensor:
     """Apply one linear map per sample along each spatial axis: a separable filter/resample.
 
     volumes: [n, C, D, H, W]; weights: three [n, size, size] tensors for D, H, W, each mapping
-    input positions (columns) to output positions (rows). Three batched matrix products.
+    input positions (columns) to output positions (rows). Three batched matrix products, each
+    contracting the volume's leading spatial axis and appending the result as its last axis
+    (D, H, W -> H, W, D' -> W, D', H' -> D', H', W'): both operands are read transposed in
+    place, so no per-axis copy of the volume or of a weight broadcast over it is made (0.64
+    instead of 1.05 ms for 16 volumes of 32^3 on the 2-core build machine).
     """
-    n, channels, depth, height, width = volumes.shape
-    along_d, along_h, along_w = weights
-    x = volumes.reshape(n, channels, depth, height * width)
-    x = torch.matmul(along_d[:, None], x).view(n, channels * depth, height, width)
-    x = torch.matmul(along_h[:, None], x)
-    x = torch.matmul(x, along_w.transpose(1, 2)[:, None])
-    return x.view(n, channels, depth, height, width)
+    n, channels, *_ = volumes.shape
+    x = volumes.reshape(n * channels, *volumes.shape[2:])
+    for axis_weights in weights:
+        if channels > 1:
+            axis_weights = axis_weights.repeat_interleave(channels, dim=0)
+        leading, rest = x.shape[1], x.shape[2:]
+        moved = x.reshape(n * channels, leading, -1).transpose(1, 2)  # [nC, rest, leading]
+        x = torch.bmm(moved, axis_weights.transpose(1, 2)).view(n * channels, *rest, -1)
+    return x.view(n, channels, *x.shape[1:])
 
 
 def _change_rows(
@@ -710,8 +717,15 @@ def adjust_gamma(volumes: Tensor, gamma: Tensor, inplace: bool = False) -> Tenso
 
 
 def adjust_brightness(volumes: Tensor, factor: Tensor, inplace: bool = False) -> Tensor:
-    """Multiply each sample by its factor. volumes: [B, C, D, H, W]; factor: [B] (1 = unchanged)."""
-    return _change_rows(volumes, factor, 1.0, lambda rows, factor: rows * factor, inplace)
+    """Multiply each sample by its factor. volumes: [B, C, D, H, W]; factor: [B] (1 = unchanged).
+
+    One multiplication of the whole batch, without gathering the changed samples: a factor of
+    exactly 1 leaves a sample bit for bit."""
+    factor = _per_sample(factor, volumes.shape[0])
+    result = volumes if inplace else volumes.clone()
+    if (factor != 1).any():
+        result.mul_(to_device(factor.float(), volumes.device).view(-1, 1, 1, 1, 1))
+    return result
 
 
 def adjust_contrast(volumes: Tensor, factor: Tensor, inplace: bool = False) -> Tensor:
@@ -768,14 +782,19 @@ def add_gaussian_noise(
     """Add zero-mean Gaussian noise of each sample's std. volumes: [B, C, D, H, W]; std: [B].
 
     Noise is drawn only for samples with std > 0, on the volumes' device, from `generator`
-    (which must live on that device; None uses that device's default generator).
+    (which must live on that device; None uses that device's default generator), scaled in
+    float32 and added to those samples in place (`index_add_`: the others are not copied).
     """
-
-    def change(rows: Tensor, std: Tensor) -> Tensor:
-        noise = torch.randn(rows.shape, generator=generator, device=rows.device)
-        return rows + std * noise
-
-    return _change_rows(volumes, std, 0.0, change, inplace)
+    std = _per_sample(std, volumes.shape[0])
+    result = volumes if inplace else volumes.clone()
+    rows = torch.nonzero(std != 0)[:, 0]
+    if rows.numel():
+        noise = torch.randn(
+            (len(rows), *volumes.shape[1:]), generator=generator, device=volumes.device
+        )
+        noise.mul_(to_device(std[rows].float(), volumes.device).view(-1, 1, 1, 1, 1))
+        result.index_add_(0, to_device(rows, volumes.device), noise.to(volumes.dtype))
+    return result
 
 
 class Views:
