@@ -16,6 +16,7 @@ from benchmark.backbone import monai_resnet18, stage_widths
 from benchmark.batches import TensorBatches, batch_loader
 from benchmark.cae import ConvAutoencoder3D, reconstruct, train_autoencoder
 from benchmark.config import load_config
+from benchmark.decoders import doubled_trilinearly
 from benchmark.grid import run_grid
 from benchmark.method import MethodConfigError
 from benchmark.pretrain import PretrainingContext, build_method, pretraining_units, unit_for
@@ -29,6 +30,21 @@ from benchmark.residuals import (
 )
 from benchmark.results import read_cells
 from benchmark.testing import pretrain_briefly, smoke_data
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 5, 6, 7), (3, 1, 1, 4, 2)])
+def test_doubling_one_axis_at_a_time_is_trilinear_interpolation(shape):
+    """The decoder output's fast CPU upsampling: F.interpolate's values and gradients."""
+    volumes = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(*shape[:2], *(2 * side for side in shape[2:]), dtype=torch.float64)
+    expected = nn.functional.interpolate(
+        volumes, scale_factor=2, mode="trilinear", align_corners=False
+    )
+    (expected_gradient,) = torch.autograd.grad((expected * weights).sum(), volumes)
+    doubled = doubled_trilinearly(volumes)
+    (gradient,) = torch.autograd.grad((doubled * weights).sum(), volumes)
+    torch.testing.assert_close(doubled, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=0, atol=1e-12)
 
 
 def test_the_cae_epoch_losses_are_the_mean_step_losses_read_once_per_epoch():
