@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 from lightly.models.utils import get_weight_decay_parameters
-from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from omegaconf import DictConfig
 from torch import Tensor
@@ -33,6 +32,7 @@ from torch import Tensor
 from benchmark.backbone import ResNet18
 from benchmark.datasets.views import Views
 from benchmark.errors import UserError
+from benchmark.lars import LARS
 from benchmark.randomness import SeededStream
 from benchmark.runtime import fused_optimizer
 
@@ -222,7 +222,7 @@ def build_optimizer(
     """Adam, AdamW, SGD or LARS (You et al. 2017; the residual method's optimiser) by name.
 
     ``implementation``: keyword arguments for torch's own optimisers (``fused_optimizer``);
-    lightly's LARS has a single implementation."""
+    LARS (``benchmark/lars.py``) is always the multi-tensor one."""
     lr, implementation = float(settings.lr), implementation or {}
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, **implementation)

@@ -5,9 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from lightly.loss import VICRegLoss
+from lightly.utils.lars import LARS as LightlyLARS
 from torch import nn
 
 from benchmark.config import load_config
+from benchmark.lars import LARS
 from benchmark.method import MethodConfigError
 from benchmark.momentum import MomentumCopy, scheduled_momentum
 from benchmark.pretrain import build_method
@@ -104,3 +106,30 @@ def test_vicreg_criterion_is_lightlys_vicreg_loss_in_value_and_gradient():
         gradients.append(torch.cat([tensor.grad.flatten() for tensor in inputs]))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-12, atol=0)
     torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lars_takes_lightlys_lars_steps(nesterov):
+    """benchmark/lars.py against lightly's LARS over several steps: a decayed and an undecayed
+    group, a parameter that starts at zero, one whose gradient is zero once, one without one."""
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.randn(5), torch.zeros(3), torch.randn(2), torch.randn(6)]
+    gradients = torch.randn(5, 20, dtype=torch.float64)
+    trajectories = []
+    for optimiser_class in (LightlyLARS, LARS):
+        params = [nn.Parameter(value.double()) for value in start]
+        decayed, undecayed = params[:3] + params[4:], params[3:4]
+        optimiser = optimiser_class(
+            [{"params": decayed, "weight_decay": 0.05}, {"params": undecayed, "weight_decay": 0}],
+            lr=0.3,
+            momentum=0.9,
+            nesterov=nesterov,
+        )
+        for step, gradient in enumerate(gradients):
+            for param, grad in zip(params[:4], gradient.split([12, 5, 3])):
+                param.grad = grad.view_as(param) * (step != 2 or param.dim() != 1)
+            optimiser.step()
+        trajectories.append(torch.cat([param.detach().flatten() for param in params]))
+    torch.testing.assert_close(trajectories[1], trajectories[0], rtol=1e-10, atol=1e-12)
+    assert torch.equal(trajectories[1][-6:], start[-1].double())  # no gradient: not moved
+    assert (trajectories[1][17:20] != 0).all()  # from zero: plain SGD steps, no LARS scaling
