@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import deactivate_requires_grad
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
@@ -47,7 +47,21 @@ class MomentumCopy(nn.ModuleDict):
     def update_from(self, method: nn.Module, momentum: float) -> None:
         """``copy = momentum * copy + (1 - momentum) * online`` for every parameter."""
         for name, target in self.items():
-            update_momentum(getattr(method, name), target, momentum)
+            move_towards(target, getattr(method, name), momentum)
+
+
+@torch.no_grad()
+def move_towards(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target = momentum * target + (1 - momentum) * online`` for every parameter, as lightly's
+    ``update_momentum`` but in two multi-tensor operations: lightly allocates two new tensors
+    per parameter and step, and on a GPU launches three kernels per parameter."""
+    copies, onlines = list(target.parameters()), list(online.parameters())
+    if len(copies) != len(onlines):
+        raise ValueError(
+            f"a momentum copy has {len(copies)} parameters, its online module {len(onlines)}"
+        )
+    torch._foreach_mul_(copies, momentum)
+    torch._foreach_add_(copies, onlines, alpha=1 - momentum)
 
 
 def scheduled_momentum(method: pl.LightningModule, start: float, end: float) -> float:

@@ -9,11 +9,12 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor, nn
 
 from benchmark.location_conv import LocationConv3d
 from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.momentum import move_towards
 from benchmark.registry import register_method
 
 
@@ -231,9 +232,9 @@ class DrasCLR(SSLMethod):
 
     def on_train_batch_end(self, outputs, batch, batch_index) -> None:
         momentum = float(self.settings.momentum)
-        update_momentum(self.backbone, self.key_backbone, momentum)
-        update_momentum(self.branch, self.key_branch, momentum)
-        update_momentum(self.projection, self.key_projection, momentum)
+        move_towards(self.key_backbone, self.backbone, momentum)
+        move_towards(self.key_branch, self.branch, momentum)
+        move_towards(self.key_projection, self.projection, momentum)
         keys = self._new_keys
         if self.trainer.world_size > 1:  # every rank's queues take the keys of the whole batch
             keys = self.all_gather(keys).flatten(0, 1)

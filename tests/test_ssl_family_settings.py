@@ -5,13 +5,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from lightly.loss import VICRegLoss
+from lightly.models.utils import update_momentum
 from lightly.utils.lars import LARS as LightlyLARS
 from torch import nn
 
 from benchmark.config import load_config
 from benchmark.lars import LARS
 from benchmark.method import MethodConfigError
-from benchmark.momentum import MomentumCopy, scheduled_momentum
+from benchmark.momentum import MomentumCopy, move_towards, scheduled_momentum
 from benchmark.pretrain import build_method
 from methods.vicreg import VICRegCriterion
 
@@ -133,3 +134,20 @@ def test_lars_takes_lightlys_lars_steps(nesterov):
     torch.testing.assert_close(trajectories[1], trajectories[0], rtol=1e-10, atol=1e-12)
     assert torch.equal(trajectories[1][-6:], start[-1].double())  # no gradient: not moved
     assert (trajectories[1][17:20] != 0).all()  # from zero: plain SGD steps, no LARS scaling
+
+
+def test_moving_towards_the_online_module_is_lightlys_update_momentum():
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Conv3d(1, 4, 3), nn.BatchNorm3d(4), nn.Linear(4, 2)).double()
+    ours, lightlys = (
+        nn.Sequential(nn.Conv3d(1, 4, 3), nn.BatchNorm3d(4), nn.Linear(4, 2)).double()
+        for _ in range(2)
+    )
+    lightlys.load_state_dict(ours.state_dict())
+    for momentum in (0.9, 0.99, 0.5):
+        move_towards(ours, online, momentum)
+        update_momentum(online, lightlys, momentum)
+    for mine, reference in zip(ours.parameters(), lightlys.parameters()):
+        torch.testing.assert_close(mine, reference, rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match="parameters"):
+        move_towards(ours, nn.Linear(4, 2), 0.9)
