@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.backbone import OneVoxelAwareConv3d
+
 
 class MaskContext:
     """The visible voxels of the current masked forward pass, shared by one model's layers.
@@ -75,7 +77,7 @@ class _Sparse:
     context: MaskContext
 
 
-class SparseConv3d(_Sparse, nn.Conv3d):
+class SparseConv3d(_Sparse, OneVoxelAwareConv3d):
     """Conv3d whose output is zero at inactive voxels (submanifold-style sparse convolution)."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -191,6 +193,7 @@ def _channels(values: Tensor) -> Tensor:
 
 SPARSE_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv3d: SparseConv3d,
+    OneVoxelAwareConv3d: SparseConv3d,
     nn.MaxPool3d: SparseMaxPool3d,
     nn.BatchNorm3d: SparseBatchNorm3d,
 }

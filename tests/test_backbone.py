@@ -3,8 +3,17 @@
 import pytest
 import torch
 from monai.networks.nets import resnet18
+from torch import nn
 
-from benchmark.backbone import PAPER_WIDTHS, ResNet18, load_encoder, save_encoder, stage_widths
+from benchmark.backbone import (
+    PAPER_WIDTHS,
+    OneVoxelAwareConv3d,
+    ResNet18,
+    load_encoder,
+    monai_resnet18,
+    save_encoder,
+    stage_widths,
+)
 
 
 def test_paper_encoder_loads_strict_into_plain_monai_resnet18(tmp_path):
@@ -40,3 +49,26 @@ def test_narrow_encoder_round_trip(tmp_path):
 def test_width_multiplier_is_checked():
     with pytest.raises(ValueError, match="width_multiplier must be in"):
         stage_widths(1.5)
+
+
+def test_one_voxel_maps_give_the_full_kernels_outputs_and_gradients():
+    """16^3 inputs leave stages 3 and 4 at 1^3, where only the kernels' centres are applied."""
+    torch.manual_seed(0)
+    widths = stage_widths(0.125)
+    backbone = ResNet18(widths).double()
+    plain = monai_resnet18(widths).double()
+    plain.load_state_dict(backbone.state_dict(), strict=True)
+    assert any(type(m) is OneVoxelAwareConv3d for m in backbone.modules())
+    assert not any(type(m) is OneVoxelAwareConv3d for m in plain.modules())
+    x = torch.randn(3, 1, 16, 16, 16, dtype=torch.float64)
+    maps = backbone.feature_maps(x)
+    assert [m.shape[-1] for m in maps] == [8, 4, 2, 1, 1]
+    outputs = [backbone(x), plain(x)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+    for output in outputs:
+        (output * torch.arange(output.shape[1], dtype=output.dtype)).sum().backward()
+    for mine, reference in zip(backbone.parameters(), plain.parameters()):
+        torch.testing.assert_close(mine.grad, reference.grad, rtol=1e-8, atol=1e-10)
+    conv = OneVoxelAwareConv3d(2, 3, 3, stride=2, padding=1)
+    one_voxel = torch.randn(2, 2, 1, 1, 1)
+    torch.testing.assert_close(conv(one_voxel), nn.Conv3d.forward(conv, one_voxel))
