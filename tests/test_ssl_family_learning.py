@@ -15,7 +15,11 @@ from benchmark.testing import cross_validated_probe_auprc, pretrain_briefly
 # otherwise too noisy to fall within a test's few steps.
 LEARNERS = [
     ("simclr", 40, ()),
-    ("byol", 40, ()),
+    # BYOL's target moves with its online network, so its loss falls slowly under strong views:
+    # at 40 steps -0.48 -> -0.55 with the probe at 0.478 against 0.465 at init (a margin of
+    # float rounding). Light views at 80 steps: the loss falls and the probe clears init by
+    # 0.17-0.34 for pretraining seeds 0-2.
+    ("byol", 80, ("method.byol.views.preset=light",)),
     # SimSiam at the paper's ratios for the smoke width's 64-d feature (projector as wide as the
     # feature, predictor bottleneck 1/4): with the 512-wide projector of the full width its
     # probe stayed at the initial encoder's level at 60-80 steps and its embeddings narrowed
@@ -37,9 +41,10 @@ LEARNERS = [
     ("vicreg", 40, ()),
     # MoCo's queue of keys from a slow EMA encoder makes strong views too hard for a few steps
     # (the loss sits at chance, log(queue + 1)); light views and a faster EMA show it learning.
+    # At 80 steps the probe was 0.470 against 0.465 at init; at 120, 0.80 (0.51 for seed 1).
     (
         "moco",
-        80,
+        120,
         (
             "method.moco.views.preset=light",
             "method.moco.momentum_start=0.99",
