@@ -248,7 +248,7 @@ def command_perf(args: argparse.Namespace) -> None:
             list(args.overrides),
             steps=args.steps,
             warmup=args.warmup,
-            repeats=args.repeats,
+            rounds=args.rounds,
             json_path=Path(args.json) if args.json else None,
             estimate=args.estimate,
             cache=Path(args.cache),
@@ -328,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_arguments(perf)
     perf.add_argument("--methods", help="comma-separated method names (default: all)")
     perf.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    perf.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    perf.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    perf.add_argument("--repeats", type=int, default=3, help="medians over this many chunks")
+    perf.add_argument("--steps", type=int, default=6, help="timed steps per fit")
+    perf.add_argument("--warmup", type=int, default=2, help="untimed steps first in every fit")
+    perf.add_argument(
+        "--rounds", type=int, default=3, help="fits per path, real and compute-only alternating"
+    )
     perf.add_argument("--json", help="also write the measurements to this JSON file")
     perf.add_argument("--estimate", action="store_true", help="estimate the paper grid's wall time")
     perf.add_argument("--cache", default="results/perf", help="where the perf phantom is kept")

@@ -17,8 +17,11 @@ For each method, at the profile's volume size and batch size, on ``--device``:
 * on CUDA ``tflops`` (counted with ``torch.utils.flop_counter``) and ``mfu`` as a fraction of
   the device's dense bf16 peak (target on an H100: at least 35 %).
 
-Warm-up steps are excluded and each number is the median over repeats. One whole fine-tuning
-cell is timed as well, and ``--estimate`` turns the measured costs into a wall-time estimate of
+A step is timed from the end of the step before (``StepTimer``), so the batch's loading and
+transfer count. Every path runs ``rounds`` fits (the real and compute-only ones alternating);
+a rate is the batch over the median step time after each fit's warm-up steps, and the
+data-path overhead comes with a 95 % bootstrap interval. One whole fine-tuning cell is timed
+as well, and ``--estimate`` turns the measured costs into a wall-time estimate of
 the full ``paper`` grid on one device.
 """
 
@@ -75,6 +78,7 @@ class Throughput:
     volumes_per_s: float
     volumes_per_s_compute_only: float
     data_overhead: float
+    data_overhead_ci: tuple[float, float]
     peak_mem_mb: float
     tflops: float | None
     mfu: float | None
@@ -84,23 +88,30 @@ class Throughput:
 
 
 class StepTimer(pl.Callback):
-    """Wall time of every training step (synchronising the GPU only here, to measure)."""
+    """Wall time of every training step, from the end of the step before to its own end.
+
+    That interval holds the whole data path: Lightning fetches a batch (a gather from the
+    cohort tensor, or a per-sample loader's items and collate) and moves it to the device
+    *before* ``on_train_batch_start``, so timing from there would leave both out. It also holds
+    the step and Lightning's work between steps. The GPU is synchronised here only, to measure.
+    """
 
     def __init__(self):
         self.times: list[float] = []
-        self._started = 0.0
+        self._previous_end = 0.0
 
-    def _sync(self, module: pl.LightningModule) -> None:
+    def _now(self, module: pl.LightningModule) -> float:
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)
+        return time.perf_counter()
 
-    def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
-        self._sync(module)
-        self._started = time.perf_counter()
+    def on_train_start(self, trainer, module) -> None:
+        self._previous_end = self._now(module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
-        self._sync(module)
-        self.times.append(time.perf_counter() - self._started)
+        now = self._now(module)
+        self.times.append(now - self._previous_end)
+        self._previous_end = now
 
 
 class ReplayedViews:
@@ -173,6 +184,7 @@ class PerfData:
     data: RunData
     rows: np.ndarray
     folder: Path
+    recipe: tuple[DictConfig, Path, int]  # perf_data's arguments: how a fresh process reloads it
 
     @property
     def images(self) -> Tensor:
@@ -200,7 +212,7 @@ def perf_data(cfg: DictConfig, cache: Path, count: int) -> PerfData:
     folder = cache / f"phantom-{cfg.phantom.size}-{count}"
     data = prepare_data(small, folder, log=lambda message: None)
     rows, _ = data.pretraining_pool("unlabelled")
-    return PerfData(small, data, rows[:count], folder)
+    return PerfData(small, data, rows[:count], folder, (cfg, cache, count))
 
 
 # The baseline's settings: what a plain PyTorch/MONAI pipeline runs with.
@@ -239,13 +251,25 @@ def _fit_steps(
     return module, timer.times
 
 
-def _median_rate(times: list[float], warmup: int, repeats: int, batch: int) -> tuple[float, float]:
-    """Median over ``repeats`` equal chunks (after ``warmup`` steps) of volumes/s and s/step."""
-    measured = times[warmup:]
-    chunk = max(1, len(measured) // repeats)
-    per_step = [sum(measured[i : i + chunk]) / chunk for i in range(0, chunk * repeats, chunk)]
-    step = statistics.median(per_step)
-    return batch / step, step
+def _overhead(real_times: np.ndarray, compute_times: np.ndarray) -> float:
+    """1 - real / compute-only rate, rates being the batch over the median step time."""
+    return max(0.0, 1 - float(np.median(compute_times) / np.median(real_times)))
+
+
+def _overhead_interval(
+    real_times: np.ndarray, compute_times: np.ndarray, resamples: int = 2000
+) -> tuple[float, float]:
+    """95 % bootstrap interval of ``_overhead`` (the steps of each path resampled)."""
+    generator = np.random.default_rng(0)
+    overheads = [
+        _overhead(
+            generator.choice(real_times, len(real_times)),
+            generator.choice(compute_times, len(compute_times)),
+        )
+        for _ in range(resamples)
+    ]
+    low, high = np.quantile(overheads, [0.025, 0.975])
+    return float(low), float(high)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -274,9 +298,17 @@ def _bf16_peak(device: torch.device) -> float | None:
 
 
 def measure_fast_path(
-    perf: PerfData, method: str, steps: int, warmup: int, repeats: int
+    perf: PerfData, method: str, steps: int, warmup: int, rounds: int
 ) -> Throughput:
-    """Real path and compute-only path in this process's settings (``runtime``)."""
+    """Real path and compute-only path in this process's settings (``runtime``): ``rounds``
+    fits of each, alternating, so that a drift of the machine's speed falls on both.
+
+    Each path's rate is the batch over the median of its step times (after each fit's warm-up
+    steps), and the data-path overhead 1 - real / compute-only comes with a 95 % bootstrap
+    interval: on the 2-core build machine one step in a run of the same code takes 0.85-1.2x
+    the median, so an overhead of a few per cent needs dozens of steps, and the interval says
+    whether there were enough.
+    """
     cfg = perf.cfg
     device = resolve_device(cfg.runtime)
     batch = int(pretraining_settings(cfg, method).batch_size)
@@ -289,9 +321,7 @@ def measure_fast_path(
     )
     # A fresh process's first fit pays one-off costs (heap growth, oneDNN kernel creation)
     # that the per-fit warm-up steps do not cover: one untimed fit first.
-    _fit_steps(perf, method, real_loader, warmup + 1)
-    module, times = _fit_steps(perf, method, real_loader, warmup + steps)
-    rate, step_seconds = _median_rate(times, warmup, repeats, batch)
+    first, _ = _fit_steps(perf, method, real_loader, warmup + 1)
 
     rows = torch.as_tensor(perf.rows[:batch], dtype=torch.long)
     fixed = {
@@ -299,12 +329,19 @@ def measure_fast_path(
         "index": torch.arange(batch, device=device),
         "row": rows.to(device),
     }
-    replay = ReplayedViews(module.views)
+    replay = ReplayedViews(first.views)
     recorder, _ = _fit_steps(perf, method, RepeatedBatch(fixed, 2), 2, views=replay)
     replay.recording = False
-    loader = RepeatedBatch(fixed, warmup + steps)
-    _, times = _fit_steps(perf, method, loader, warmup + steps, views=replay)
-    compute_rate, _ = _median_rate(times, warmup, repeats, batch)
+
+    real, compute = [], []  # step times after each fit's warm-up
+    for _ in range(rounds):
+        _, times = _fit_steps(perf, method, real_loader, warmup + steps)
+        real += times[warmup:]
+        ready_made = RepeatedBatch(fixed, warmup + steps)
+        _, times = _fit_steps(perf, method, ready_made, warmup + steps, views=replay)
+        compute += times[warmup:]
+    real, compute = np.array(real), np.array(compute)
+    rate = batch / float(np.median(real))
 
     tflops = mfu = None
     if device.type == "cuda":
@@ -318,22 +355,24 @@ def measure_fast_path(
         size=int(cfg.data.size),
         batch=batch,
         volumes_per_s=round(rate, 2),
-        volumes_per_s_compute_only=round(compute_rate, 2),
-        data_overhead=round(max(0.0, 1 - rate / compute_rate), 4),
+        volumes_per_s_compute_only=round(batch / float(np.median(compute)), 2),
+        data_overhead=round(_overhead(real, compute), 4),
+        data_overhead_ci=tuple(round(bound, 4) for bound in _overhead_interval(real, compute)),
         peak_mem_mb=round(_peak_memory_mb(device), 1),
         tflops=None if tflops is None else round(tflops, 2),
         mfu=None if mfu is None else round(mfu, 4),
         default_volumes_per_s=None,
         speedup=None,
-        seconds_per_step=round(step_seconds, 4),
+        seconds_per_step=round(batch / rate, 4),
     )
 
 
 def measure_default_settings(
-    perf: PerfData, method: str, steps: int, warmup: int, repeats: int
+    perf: PerfData, method: str, steps: int, warmup: int, rounds: int
 ) -> float:
     """Volumes/s of the same model in default settings (``DEFAULT_RUNTIME``, a per-sample
-    DataLoader, views made one volume at a time)."""
+    DataLoader, views made one volume at a time): the batch over the median step time of
+    ``rounds`` fits."""
     runtime = OmegaConf.merge(perf.cfg.runtime, DEFAULT_RUNTIME)
     batch = int(pretraining_settings(perf.cfg, method).batch_size)
     per_sample = DataLoader(
@@ -344,31 +383,41 @@ def measure_default_settings(
     )
     views = OneVolumeAtATime(build_method(perf.cfg, method).views)
     _fit_steps(perf, method, per_sample, warmup + 1, views, runtime)  # as the fast path's
-    _, times = _fit_steps(perf, method, per_sample, warmup + steps, views, runtime)
-    rate, _ = _median_rate(times, warmup, repeats, batch)
-    return rate
+    times = []
+    for _ in range(rounds):
+        times += _fit_steps(perf, method, per_sample, warmup + steps, views, runtime)[1][warmup:]
+    return batch / statistics.median(times)
 
 
 def _measured_in_this_process(
-    perf: PerfData, what: str, method: str, steps: int, warmup: int, repeats: int
+    recipe: tuple[DictConfig, Path, int],
+    what: str,
+    method: str,
+    steps: int,
+    warmup: int,
+    rounds: int,
 ):
     """Runs in a fresh process: host settings first (the baseline keeps glibc's defaults),
-    then one measurement, so peak memory and allocator state belong to it alone."""
+    then the perf phantom from its cache, then one measurement, so peak memory and allocator
+    state belong to it alone."""
+    cfg = recipe[0]
     default = what == "default"
-    apply_host_settings(
-        OmegaConf.merge(perf.cfg.runtime, DEFAULT_RUNTIME) if default else perf.cfg.runtime
-    )
+    apply_host_settings(OmegaConf.merge(cfg.runtime, DEFAULT_RUNTIME) if default else cfg.runtime)
+    perf = perf_data(*recipe)
     if what == "fast":
-        return measure_fast_path(perf, method, steps, warmup, repeats)
+        return measure_fast_path(perf, method, steps, warmup, rounds)
     if what == "default":
-        return measure_default_settings(perf, method, steps, warmup, repeats)
+        return measure_default_settings(perf, method, steps, warmup, rounds)
     return time_finetune_cell(perf)
 
 
-def in_fresh_process(perf: PerfData, what: str, method: str = "", steps=0, warmup=0, repeats=1):
-    """``_measured_in_this_process`` in a new (spawned) Python process."""
+def in_fresh_process(perf: PerfData, what: str, method: str = "", steps=0, warmup=0, rounds=1):
+    """``_measured_in_this_process`` in a new (spawned) Python process, which reads the perf
+    phantom from its cache rather than receiving the cohort's tensor through a pipe."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        job = pool.submit(_measured_in_this_process, perf, what, method, steps, warmup, repeats)
+        job = pool.submit(
+            _measured_in_this_process, perf.recipe, what, method, steps, warmup, rounds
+        )
         return job.result()
 
 
@@ -406,6 +455,7 @@ def format_table(results: list[Throughput]) -> str:
         "volumes_per_s",
         "volumes_per_s_compute_only",
         "data_overhead",
+        "data_overhead_ci",
         "default_volumes_per_s",
         "speedup",
         "peak_mem_mb",
@@ -415,6 +465,7 @@ def format_table(results: list[Throughput]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for result in results:
         values = asdict(result)
+        values["data_overhead_ci"] = "-".join(map(str, result.data_overhead_ci))
         lines.append(
             "| " + " | ".join("–" if values[c] is None else str(values[c]) for c in columns) + " |"
         )
@@ -480,7 +531,7 @@ def run_perf(
     overrides: list[str],
     steps: int,
     warmup: int,
-    repeats: int,
+    rounds: int,
     json_path: Path | None,
     estimate: bool,
     cache: Path,
@@ -494,14 +545,16 @@ def run_perf(
     for method in cfg.methods:
         if not get_method(method).needs_pretraining:
             continue
-        result = in_fresh_process(perf, "fast", method, steps, warmup, repeats)
+        result = in_fresh_process(perf, "fast", method, steps, warmup, rounds)
         if baseline:
-            default_rate = in_fresh_process(perf, "default", method, steps, warmup, repeats)
+            default_rate = in_fresh_process(perf, "default", method, steps, warmup, rounds)
             result.default_volumes_per_s = round(default_rate, 2)
             result.speedup = round(result.volumes_per_s / default_rate, 2)
         results.append(result)
     report = [
-        f"profile {cfg.profile}, device {device}, {steps} timed steps after {warmup} warm-up",
+        f"profile {cfg.profile}, device {device}: {rounds} fits of {steps} timed steps (after "
+        f"{warmup} warm-up) per path; rates from median step times, data overhead with its "
+        "95 % bootstrap interval",
         format_table(results),
     ]
     cell = in_fresh_process(perf, "finetune")

@@ -160,7 +160,7 @@ def keep_freed_host_memory() -> None:
 
 def prepare_module(module: nn.Module, runtime: DictConfig) -> nn.Module:
     """channels_last_3d weights (on the 2-core build machine a quarter-width 32^3 ResNet18
-    step took 0.52x the time at batch 64 and 0.94x at batch 32), ``runtime.fused_optimizer``
+    step took 0.88x the time at batch 32 and 64), ``runtime.fused_optimizer``
     for the optimiser the module builds (``fused_optimizer``) and, when ``runtime.compile`` is
     on, every ResNet18 inside compiled in place (``nn.Module.compile`` keeps the parameter
     names, so checkpoints and the exported encoder are unchanged)."""

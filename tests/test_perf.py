@@ -3,9 +3,13 @@ targets belong to the benchmark command, never to tests)."""
 
 import json
 
+import numpy as np
+import pytest
+from scipy import stats
+
 from benchmark.cli import main
 from benchmark.config import load_config, pretraining_settings
-from benchmark.perf import Throughput, estimate_paper_grid
+from benchmark.perf import Throughput, _overhead, _overhead_interval, estimate_paper_grid
 
 FIELDS = {
     "method",
@@ -15,6 +19,7 @@ FIELDS = {
     "volumes_per_s",
     "volumes_per_s_compute_only",
     "data_overhead",
+    "data_overhead_ci",
     "peak_mem_mb",
     "tflops",
     "mfu",
@@ -34,8 +39,8 @@ def test_perf_writes_a_table_and_json(tmp_path, capsys):
             "2",
             "--warmup",
             "1",
-            "--repeats",
-            "1",
+            "--rounds",
+            "2",
             "--json",
             str(output),
             "--cache",
@@ -51,6 +56,8 @@ def test_perf_writes_a_table_and_json(tmp_path, capsys):
     assert residual["method"] == "residual" and residual["volumes_per_s"] > 0
     assert result["volumes_per_s"] > 0 and result["volumes_per_s_compute_only"] > 0
     assert 0 <= result["data_overhead"] < 1 and result["speedup"] > 0
+    low, high = result["data_overhead_ci"]
+    assert 0 <= low <= high < 1
     assert result["tflops"] is None and result["mfu"] is None  # FLOP/s are reported on CUDA
 
 
@@ -60,7 +67,9 @@ def test_the_paper_grid_estimate_counts_every_unit_and_cell():
     (scratch's too) fine-tuning cells train over their label fraction's share of the set."""
     paper = load_config("paper")
     measured = [
-        Throughput(m, "cpu", 64, 64, 1000.0, 1000.0, 0.0, 0.0, None, None, None, None, 0.1)
+        Throughput(
+            m, "cpu", 64, 64, 1000.0, 1000.0, 0.0, (0.0, 0.0), 0.0, None, None, None, None, 0.1
+        )
         for m in ("simclr", "residual")
     ]
     text = estimate_paper_grid(measured, finetune_epoch_seconds=1.0)
@@ -76,3 +85,27 @@ def test_the_paper_grid_estimate_counts_every_unit_and_cell():
         f"{cells} fine-tuning cells of {len(paper.methods)} methods: {epochs / 3600:.1f} h" in text
     )
     assert f"total: {simclr + residual + epochs / 3600:.1f} h" in text
+
+
+def test_data_overhead_and_its_interval_match_an_independent_bootstrap():
+    """Step times of a real path 25 % slower than its compute-only path: the overhead is
+    1 - 0.100 / 0.125 = 0.2, and its 95 % interval is scipy's percentile bootstrap of the
+    same statistic (each path's steps resampled on their own)."""
+    generator = np.random.default_rng(1)
+    compute = generator.normal(0.100, 0.01, 40)
+    real = generator.normal(0.125, 0.0125, 40)
+    assert _overhead(real, compute) == pytest.approx(1 - np.median(compute) / np.median(real))
+    low, high = _overhead_interval(real, compute)
+    reference = stats.bootstrap(
+        (real, compute),
+        lambda r, c: 1 - np.median(c) / np.median(r),
+        vectorized=False,
+        method="percentile",
+        n_resamples=4000,
+        random_state=0,
+    ).confidence_interval
+    assert low == pytest.approx(reference.low, abs=0.015)
+    assert high == pytest.approx(reference.high, abs=0.015)
+    assert low < 0.2 < high and high - low < 0.15
+    # A real path no slower than the compute-only one has no overhead, not a negative one.
+    assert _overhead(compute, real) == 0.0
