@@ -20,7 +20,7 @@ different: its heads, its views and its loss (solo-learn style). A plugin looks 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,19 +29,14 @@ from lightly.utils.scheduler import CosineWarmupScheduler
 from omegaconf import DictConfig
 from torch import Tensor
 
-from benchmark.backbone import ResNet18
+from benchmark.context import PretrainingContext
 from benchmark.datasets.views import Views
-from benchmark.errors import UserError
-from benchmark.lars import LARS
-from benchmark.randomness import SeededStream
-from benchmark.runtime import fused_optimizer
+from benchmark.errors import MethodConfigError
+from benchmark.nn.backbone import ResNet18
+from benchmark.nn.optimizers import build_optimizer, fused_optimizer
+from benchmark.nn.randomness import SeededStream
 
-if TYPE_CHECKING:
-    from benchmark.pretrain import PretrainingContext
-
-
-class MethodConfigError(UserError):
-    """A method's settings cannot work (found before training starts)."""
+__all__ = ["MethodConfigError", "NonFiniteLossError", "PretrainingContext", "SSLMethod"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,7 +60,7 @@ class SSLMethod(SeededStream):
     name: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     config_file: ClassVar[str | None] = None
-    pretraining_scope: ClassVar[str] = "run"  # run | fold | fraction (benchmark.pretrain)
+    pretraining_scope: ClassVar[str] = "run"  # run | fold | fraction (benchmark/training/units.py)
     needs_pretraining: ClassVar[bool] = True
     # Under data-parallel pretraining every rank holds a share of the batch; SyncBatchNorm
     # normalises over the whole batch, as one device would (SimCLR, BYOL and their successors
@@ -214,24 +209,3 @@ class SSLMethod(SeededStream):
             optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def build_optimizer(
-    name: str, groups: list[dict], settings: DictConfig, implementation: dict | None = None
-) -> torch.optim.Optimizer:
-    """Adam, AdamW, SGD or LARS (You et al. 2017; the residual method's optimiser) by name.
-
-    ``implementation``: keyword arguments for torch's own optimisers (``fused_optimizer``);
-    LARS (``benchmark/lars.py``) is always the multi-tensor one."""
-    lr, implementation = float(settings.lr), implementation or {}
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, **implementation)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, **implementation)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(settings.momentum), **implementation)
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=float(settings.momentum))
-    raise MethodConfigError(
-        f"unknown optimizer '{name}' (setting pretrain.optimizer); choose adam, adamw, sgd or lars"
-    )

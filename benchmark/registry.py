@@ -1,53 +1,110 @@
-"""The method registry: names users type, mapped to SSL method classes.
+"""Registries: names users type, mapped to what they name.
 
-Built-in methods are the modules of ``methods/`` (``benchmark.methods``), found automatically;
-external packages add theirs through the entry-point group ``ssl3d.methods``
-(``name = package.module:Class``). Adding a method never edits the harness.
+One idiom serves every extension point (methods, evaluation protocols, executors, optimisers,
+view presets): ``Registry.register(name)`` as a decorator or a call, ``Registry.get(name)`` with
+one "unknown X 'name'; known Xs: ..." message, ``Registry.names()``.
+
+SSL methods have a registry of their own kind (``register_method``): built-in methods are the
+modules of ``methods/`` (``benchmark.methods``), found automatically; external packages add
+theirs through the entry-point group ``ssl3d.methods`` (``name = package.module:Class``).
+Adding a method never edits the harness.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Generic, TypeVar
 
 from benchmark.errors import UserError
 
-if TYPE_CHECKING:
-    from benchmark.method import SSLMethod
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "ssl3d.methods"
 
-_METHODS: dict[str, type[SSLMethod]] = {}
-_discovered = False
+
+class UnknownNameError(UserError):
+    """A name that no entry of a registry has."""
 
 
-class UnknownMethodError(UserError):
+class UnknownMethodError(UnknownNameError):
     """A method name that no built-in module or installed plugin registers."""
 
 
-def register_method(name: str) -> Callable[[type[SSLMethod]], type[SSLMethod]]:
+class Registry(Generic[T]):
+    """Entries of one kind by name.
+
+    Args:
+        kind: what an entry is, in words ("method", "protocol", "executor", ...).
+        setting: where users type the name (``pretrain.optimizer``), named in the error.
+        error: the exception class an unknown name raises.
+    """
+
+    def __init__(self, kind: str, setting: str = "", error: type[UserError] = UnknownNameError):
+        self.kind, self.setting, self.error = kind, setting, error
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T | None = None) -> Any:
+        """Add ``entry`` under ``name``; without ``entry`` a decorator that adds what it
+        decorates. A name taken by another entry is an error."""
+
+        def add(value: T) -> T:
+            existing = self._entries.get(name)
+            if existing is not None and _qualname(existing) != _qualname(value):
+                raise ValueError(
+                    f"{self.kind} name {name!r} is registered twice: by {_qualname(existing)} "
+                    f"and by {_qualname(value)}"
+                )
+            self._entries[name] = value
+            return value
+
+        return add if entry is None else add(entry)
+
+    def get(self, name: str) -> T:
+        """The entry registered under ``name``; an unknown name lists the known ones."""
+        if name not in self._entries:
+            where = f" (setting {self.setting})" if self.setting else ""
+            raise self.error(
+                f"unknown {self.kind} '{name}'{where}; known {self.kind}s: "
+                f"{', '.join(sorted(self._entries))}"
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        """Registered names in registration order."""
+        return list(self._entries)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(list(self._entries.items()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+def _qualname(value: Any) -> str:
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+
+
+_METHODS: Registry[type] = Registry("method", error=UnknownMethodError)
+_discovered = False
+
+
+def register_method(name: str) -> Callable[[type], type]:
     """Class decorator: make an ``SSLMethod`` subclass available under ``name``.
 
     >>> @register_method("byol")
     ... class BYOL(SSLMethod):
     ...     '''Bootstrap Your Own Latent: predictor + EMA target (Grill et al. 2020).'''
     """
+    if not name.isidentifier():
+        raise ValueError(f"method name {name!r} must be a Python identifier (a-z, 0-9, _)")
 
-    def register(cls: type[SSLMethod]) -> type[SSLMethod]:
-        if not name.isidentifier():
-            raise ValueError(f"method name {name!r} must be a Python identifier (a-z, 0-9, _)")
-        existing = _METHODS.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(
-                f"method name {name!r} is registered twice: by {existing.__module__}."
-                f"{existing.__qualname__} and by {cls.__module__}.{cls.__qualname__}"
-            )
+    def register(cls: type) -> type:
+        _METHODS.register(name, cls)
         cls.name = name
-        _METHODS[name] = cls
         return cls
 
     return register
@@ -58,8 +115,7 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    import benchmark.methods as builtin
-
+    builtin = importlib.import_module("benchmark.methods")
     for module in pkgutil.iter_modules(builtin.__path__):
         importlib.import_module(f"{builtin.__name__}.{module.name}")
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -68,23 +124,19 @@ def _discover() -> None:
             register_method(entry_point.name)(cls)
 
 
-def available_methods() -> dict[str, type[SSLMethod]]:
-    """Every registered method, built-in first, by name."""
+def available_methods() -> dict[str, type]:
+    """Every registered ``SSLMethod`` class, built-in first, by name."""
     _discover()
-    return dict(_METHODS)
+    return dict(_METHODS.items())
 
 
-def get_method(name: str) -> type[SSLMethod]:
-    """The class registered under ``name``; an unknown name lists the known ones."""
-    methods = available_methods()
-    if name not in methods:
-        raise UnknownMethodError(
-            f"unknown method '{name}'; known methods: {', '.join(sorted(methods))}"
-        )
-    return methods[name]
+def get_method(name: str) -> type:
+    """The ``SSLMethod`` class registered under ``name``; an unknown name lists the known ones."""
+    _discover()
+    return _METHODS.get(name)
 
 
-def method_config_file(name: str, cls: type[SSLMethod]) -> Path | None:
+def method_config_file(name: str, cls: type) -> Path | None:
     """The YAML of a method's hyper-parameters: the class's ``config_file`` if it names one,
     else ``configs/methods/<name>.yaml``; None when the method has no settings."""
     if getattr(cls, "config_file", None):

@@ -21,14 +21,15 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
-from benchmark.backbone import ResNet18
-from benchmark.batches import batch_loader
 from benchmark.config import load_config, pretraining_settings
+from benchmark.datasets.batches import batch_loader
+from benchmark.evaluation.probes import encoder_features
 from benchmark.method import SSLMethod
-from benchmark.pretrain import PretrainingContext, build_method, pool_batches, pretraining_units
-from benchmark.probes import encoder_features
+from benchmark.nn.backbone import ResNet18
 from benchmark.rundata import RunData, prepare_data
-from benchmark.runtime import make_trainer, prepare_module, resolve_device
+from benchmark.training.pretrain import build_method, pool_batches, pretraining_context
+from benchmark.training.runtime import make_trainer, prepare_module, resolve_device
+from benchmark.training.units import pretraining_units
 
 
 @lru_cache(maxsize=4)
@@ -83,9 +84,8 @@ def pretrain_briefly(
     rows, _ = data.pretraining_pool(settings.pool)
     units = pretraining_units(cfg, method, out)
     if units:
-        context = PretrainingContext(
-            units[0], data, cfg, rows, resolve_device(cfg.runtime), lambda m: None
-        )
+        device = resolve_device(cfg.runtime)
+        context = pretraining_context(cfg, units[0], data, device, lambda m: None, rows=rows)
         module.prepare(context)
     prepare_module(module, cfg.runtime)
     recorder = _StepLosses()

@@ -544,7 +544,7 @@ def trilinear_by_slices(volumes: Tensor, matrices: Tensor, padding_mode: str = "
 
     The price is coordinate rounding: a row coordinate normalised over the tall image is off by
     up to (D + 2)(H + 2) / 2 * 2^-24 voxels, so values differ from ``F.grid_sample`` by up to
-    about 2e-4 times the local voxel-to-voxel difference at 32^3 (tests/test_views.py).
+    about 2e-4 times the local voxel-to-voxel difference at 32^3 (tests/datasets/test_views.py).
     volumes: [n, C, D, H, W] float32; matrices: [n, 3, 4] on the CPU. Returns [n, C, D, H, W].
     """
     n, channels, depth, height, width = volumes.shape

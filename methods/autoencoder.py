@@ -2,8 +2,9 @@
 
 from torch import Tensor
 
-from benchmark.decoders import LOSSES, UNetDecoder, volume_loss
-from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.errors import MethodConfigError
+from benchmark.method import SSLMethod
+from benchmark.nn.decoders import LOSSES, UNetDecoder, volume_loss
 from benchmark.registry import register_method
 
 
@@ -14,7 +15,7 @@ class Autoencoder(SSLMethod):
     The reconstruction baseline of Bhattacharya et al., "Self-supervised learning for
     classifying paranasal anomalies in the maxillary sinus", Int J CARS 2024: in their
     reference code a decoder without skip connections and an L1 loss. It shares its decoder
-    with the residual method (``benchmark/decoders.py``).
+    with the residual method (``benchmark/nn/decoders.py``).
     """
 
     reference = "baseline of Bhattacharya et al., Int J CARS 2024 (reference code)"

@@ -5,9 +5,10 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor
 
-from benchmark.backbone import ResNet18
-from benchmark.method import MethodConfigError, SSLMethod
-from benchmark.momentum import MomentumCopy, check_momentum, scheduled_momentum
+from benchmark.errors import MethodConfigError
+from benchmark.method import SSLMethod
+from benchmark.nn.backbone import ResNet18
+from benchmark.nn.momentum import MomentumCopy, check_momentum, scheduled_momentum
 from benchmark.registry import register_method
 
 
@@ -22,7 +23,7 @@ class BYOL(SSLMethod):
     Loss: negative cosine similarity between the online prediction of one view and the target
     projection of the other, averaged over both directions (the paper's 2 - 2 cos summed over
     both, up to a constant and a factor). The target's BatchNorm normalises with batch
-    statistics and keeps its own running statistics (``benchmark.momentum``).
+    statistics and keeps its own running statistics (``benchmark.nn.momentum``).
     """
 
     reference = "Grill et al., NeurIPS 2020 (arXiv:2006.07733)"

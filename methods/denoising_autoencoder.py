@@ -3,7 +3,7 @@
 from benchmark.methods.autoencoder import Autoencoder
 from torch import Tensor
 
-from benchmark.decoders import volume_loss
+from benchmark.nn.decoders import volume_loss
 from benchmark.registry import register_method
 
 

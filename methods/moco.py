@@ -5,8 +5,9 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
 from torch import Tensor
 
-from benchmark.method import MethodConfigError, SSLMethod
-from benchmark.momentum import MomentumCopy, check_momentum, scheduled_momentum
+from benchmark.errors import MethodConfigError
+from benchmark.method import SSLMethod
+from benchmark.nn.momentum import MomentumCopy, check_momentum, scheduled_momentum
 from benchmark.registry import register_method
 
 

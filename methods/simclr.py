@@ -4,7 +4,8 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
-from benchmark.method import MethodConfigError, SSLMethod
+from benchmark.errors import MethodConfigError
+from benchmark.method import SSLMethod
 from benchmark.registry import register_method
 
 

@@ -27,7 +27,7 @@ def off_diagonal_covariance_loss(embeddings: Tensor) -> Tensor:
 
 class VICRegCriterion(VICRegLoss):
     """lightly's ``VICRegLoss`` with ``off_diagonal_covariance_loss`` as its covariance term
-    (tests/test_ssl_family_settings.py checks that value and gradients are lightly's)."""
+    (tests/methods/test_ssl_family_settings.py checks that value and gradients are lightly's)."""
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         invariance = invariance_loss(z_a, z_b)

@@ -1,0 +1,192 @@
+"""What a method plugin is given before and after training: its unit and a narrow view of the run.
+
+A plugin's ``prepare`` and ``export`` receive a ``PretrainingContext``. It offers what methods
+need (the volume size, the label fractions, row sets, images, labels and masks by rows, a
+settings key, ``prepare_module`` and the ``stage`` cache), never the run's whole configuration,
+so a plugin depends on this small API and not on how the harness is configured. The harness
+builds contexts (``benchmark.training.pretrain.pretraining_context``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from benchmark.config import config_hash
+from benchmark.rundata import RunData
+
+STAGE_POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class PretrainingUnit:
+    """One pretraining: a method, and for fold- or fraction-scoped methods the (seed, fold)
+    and label fraction it serves."""
+
+    method: str
+    directory: Path
+    seed: int | None = None
+    fold: int | None = None
+    fraction: float | None = None
+
+    @property
+    def title(self) -> str:
+        if self.fold is None:
+            return self.method
+        at = "" if self.fraction is None else f", fraction {self.fraction:g}"
+        return f"{self.method} (seed {self.seed}, fold {self.fold}{at})"
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.directory / "encoder.pt"
+
+    @property
+    def record_path(self) -> Path:
+        return self.directory / "pretrain.json"
+
+
+@dataclass
+class PretrainingContext:
+    """What a method's ``prepare`` and ``export`` steps may use.
+
+    Args:
+        unit: the pretraining unit (its directory, and seed / fold / fraction when scoped).
+        data: the run's cohort and splits (reached through the methods below).
+        pool_rows: cohort rows of the volumes this unit trains on.
+        pool_val_rows: rows of the pool held out for the validation loss.
+        image_size: the side of the cubic volumes (``data.size``).
+        preprocessing: the settings that made the volumes (size, crop, clip, mirror).
+        label_fractions: the run's label fractions (``splits.fractions``).
+        prepare: applies the run's runtime settings to a module (``prepare_module``).
+        device: the training device.
+        log: one line to the run's log.
+        builds_stages: False on data-parallel ranks other than 0: they wait for rank 0's stage
+            files instead of building them, so no two processes write the same stage.
+
+    ``notes`` collects facts the method reports about its stages (for example how well the
+    residual method's targets localise anomalies); they are written into ``pretrain.json``.
+    """
+
+    unit: PretrainingUnit
+    data: RunData
+    pool_rows: np.ndarray
+    pool_val_rows: np.ndarray
+    image_size: int
+    preprocessing: dict[str, Any]
+    label_fractions: tuple[float, ...]
+    prepare: Callable[[nn.Module], nn.Module]
+    device: torch.device
+    log: Callable[[str], None] = print
+    builds_stages: bool = True
+    stages_used: list[str] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    # ---- rows --------------------------------------------------------------------------
+
+    @property
+    def pretraining_pool_rows(self) -> np.ndarray:
+        """Every volume of the pretraining pool (training and held-out validation), sorted."""
+        return np.union1d(self.pool_rows, self.pool_val_rows)
+
+    @property
+    def cohort_size(self) -> int:
+        """Volumes in the cohort (the range of every row index)."""
+        return len(self.data.cohort)
+
+    def labelled_training_rows(self, fraction: float = 1.0) -> np.ndarray:
+        """Labelled training volumes of this unit's fold at a label fraction (never validation
+        or test subjects)."""
+        self._require_fold("labelled training rows")
+        return self.data.training_rows(self.unit.seed, self.unit.fold, fraction)
+
+    def validation_rows(self) -> np.ndarray:
+        """Labelled validation volumes of this unit's fold (for checks, never for training)."""
+        self._require_fold("validation rows")
+        return self.data.partition_rows(self.unit.seed, self.unit.fold, "val")
+
+    def _require_fold(self, what: str) -> None:
+        if self.unit.fold is None:
+            raise RuntimeError(
+                f"{self.unit.method}: {what} exist per fold; declare pretraining_scope = 'fold' "
+                "to use them"
+            )
+
+    # ---- volumes by rows ---------------------------------------------------------------
+
+    def images(self, rows: np.ndarray) -> Tensor:
+        """``[len(rows), 1, S, S, S]`` float32 volumes."""
+        return self.data.images(rows)
+
+    def labels(self, rows: np.ndarray) -> Tensor:
+        """0/1 labels (long) of labelled rows."""
+        return self.data.labels(rows)
+
+    def masks(self, rows: np.ndarray) -> Tensor | None:
+        """Anomaly masks ``[len(rows), 1, S, S, S]`` (bool), or None for a cohort without."""
+        masks = self.data.cohort.masks
+        return None if masks is None else masks[torch.as_tensor(rows, dtype=torch.long)]
+
+    @property
+    def manifest(self) -> Path:
+        """The cohort's manifest CSV (for messages)."""
+        return self.data.manifest
+
+    def manifest_rows(self, rows: np.ndarray) -> pd.DataFrame:
+        """The manifest's rows of these volumes (``subject_id``, ``side``, ``pathology``, ...)."""
+        return self.data.cohort.table.iloc[rows]
+
+    def describe(self, rows: np.ndarray) -> list[str]:
+        """'subject side' of each row, for messages."""
+        table = self.manifest_rows(rows)
+        return [f"{s} {d}".strip() for s, d in zip(table.subject_id, table.side)]
+
+    def rows_fingerprint(self, rows: np.ndarray) -> str:
+        """Identifies exactly which volumes were used (put it into stage settings)."""
+        return self.data.subjects_fingerprint(rows)
+
+    # ---- settings, modules and the stage cache -------------------------------------------
+
+    @staticmethod
+    def settings_key(settings: Any) -> str:
+        """A short stable hash of settings (nested dicts, lists, numbers, strings)."""
+        return config_hash(settings)
+
+    def prepare_module(self, module: nn.Module) -> nn.Module:
+        """The module with the run's runtime settings applied (memory format, compile, ...)."""
+        return self.prepare(module)
+
+    def stage(
+        self, name: str, settings: Mapping[str, Any], build: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The result of ``build()``, computed once and cached, keyed by ``settings``.
+
+        ``settings`` must hold everything the result depends on (including the keys of stages
+        it was built from); the data fingerprint is added here. A re-run with equal settings
+        loads the cached file instead of building again.
+        """
+        key = config_hash({"settings": settings, "data": self.data.fingerprint})
+        path = self.unit.directory / "stages" / f"{name}-{key}.pt"
+        self.stages_used.append(path.name)
+        while not self.builds_stages and not path.exists():
+            time.sleep(STAGE_POLL_SECONDS)
+        if path.exists():
+            self.log(f"{self.unit.title}: reusing stage '{name}' ({path.name})")
+            return torch.load(path, map_location="cpu", weights_only=False)
+        started = time.perf_counter()
+        result = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        torch.save(result, temporary)
+        temporary.replace(path)
+        self.log(
+            f"{self.unit.title}: stage '{name}' built in {time.perf_counter() - started:.0f} s"
+        )
+        return result

@@ -1,0 +1,1 @@
+"""Evaluation protocols (fine-tuning, linear and kNN probes), scoring, metrics, localisation."""

@@ -1,0 +1,121 @@
+"""The plan of a run: its pretraining units and evaluation cells, and the config hash each must
+carry (everything its numbers depend on), checked against what the output folder already holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.config import config_hash, setting_leaves
+from benchmark.errors import UserError
+from benchmark.evaluation.protocols import get_protocol
+from benchmark.results import Cell, read_json
+from benchmark.rundata import RunData
+from benchmark.training.units import (
+    PretrainingUnit,
+    pretraining_fingerprint,
+    pretraining_units,
+    unit_for,
+)
+
+
+class ResultConflictError(UserError):
+    """The output folder holds results made with other settings."""
+
+
+@dataclass
+class Plan:
+    """The units of a run with the config hash each must carry."""
+
+    units: dict[str, list[PretrainingUnit]]
+    unit_hashes: dict[Path, str]
+    cells: list[Cell]
+    cell_fingerprints: dict[Cell, dict]
+
+
+def cell_fingerprint(cfg: DictConfig, cell: Cell, data: RunData, pretraining: dict | None) -> dict:
+    """Everything a cell's numbers depend on; its hash decides whether the cell is done."""
+    rows = {
+        "train": data.training_rows(cell.seed, cell.fold, cell.fraction),
+        "val": data.partition_rows(cell.seed, cell.fold, "val"),
+        "test": data.partition_rows(cell.seed, cell.fold, "test"),
+    }
+    return {
+        "cell": {
+            "method": cell.method,
+            "protocol": cell.protocol,
+            "fraction": cell.fraction,
+            "fold": cell.fold,
+            "seed": cell.seed,
+        },
+        "pretraining": pretraining,
+        "protocol": get_protocol(cell.protocol).settings(cfg),
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "data": {
+            "cohort": data.fingerprint,
+            **{k: data.subjects_fingerprint(r) for k, r in rows.items()},
+        },
+    }
+
+
+def plan_run(cfg: DictConfig, data: RunData, out: Path) -> Plan:
+    """All pretraining units and cells of the configured grid, with their hashes."""
+    _check_split_coverage(cfg, data)
+    units, unit_hashes, unit_prints, cells, prints = {}, {}, {}, [], {}
+    for method in cfg.methods:
+        units[method] = pretraining_units(cfg, method, out)
+        for unit in units[method]:
+            unit_prints[unit.directory] = pretraining_fingerprint(cfg, unit, data)
+            unit_hashes[unit.directory] = config_hash(unit_prints[unit.directory])
+        for protocol in cfg.finetune.protocols:
+            get_protocol(protocol).settings(cfg)
+            for fraction in cfg.splits.fractions:
+                for fold in range(int(cfg.splits.folds)):
+                    for seed in cfg.splits.seeds:
+                        cell = Cell(method, protocol, float(fraction), fold, int(seed))
+                        unit = unit_for(units[method], cell.seed, cell.fold, cell.fraction)
+                        pretraining = unit_prints[unit.directory] if unit else None
+                        cells.append(cell)
+                        prints[cell] = cell_fingerprint(cfg, cell, data, pretraining)
+    return Plan(units, unit_hashes, cells, prints)
+
+
+def _check_split_coverage(cfg: DictConfig, data: RunData) -> None:
+    splits = data.splits
+    for seed in cfg.splits.seeds:
+        for fold in range(int(cfg.splits.folds)):
+            if not ((splits["seed"] == seed) & (splits["fold"] == fold)).any():
+                raise UserError(
+                    f"the split file has no seed {seed} fold {fold}, but the settings ask for "
+                    f"splits.seeds={list(cfg.splits.seeds)} and splits.folds={cfg.splits.folds}; "
+                    "make a split file with those seeds and folds or change the settings"
+                )
+
+
+def find_conflicts(plan: Plan, out: Path) -> list[str]:
+    """Result files in ``out`` that the plan would write but that other settings produced."""
+    conflicts = []
+    for directory, expected in plan.unit_hashes.items():
+        record = read_json(directory / "pretrain.json")
+        if record and record.get("config_hash") != expected:
+            conflicts.append(str(directory / "pretrain.json"))
+    for cell in plan.cells:
+        record = read_json(cell.path(out))
+        if record and record.get("status") == "done":
+            if record.get("config_hash") != config_hash(plan.cell_fingerprints[cell]):
+                conflicts.append(str(cell.path(out)))
+    return conflicts
+
+
+def describe_difference(out: Path, cfg: DictConfig) -> str:
+    previous = out / "run.yaml"
+    if not previous.exists():
+        return ""
+    old = OmegaConf.to_container(OmegaConf.load(previous), resolve=True)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    old, new = dict(setting_leaves(old)), dict(setting_leaves(new))
+    changed = [key for key in new if old.get(key) != new[key]]
+    return f" Settings changed since the last run: {', '.join(changed[:12])}." if changed else ""

@@ -1,0 +1,189 @@
+"""The two kinds of work of a grid, defined once whichever executor runs them.
+
+A ``UnitTask`` pretrains one unit; a ``CellTask`` evaluates one cell after the unit whose
+encoder it starts from and writes its cell file atomically. ``GridRun`` is a planned run as an
+executor sees it: the tasks of each method and the progress log.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from benchmark.config import config_hash
+from benchmark.errors import UserError
+from benchmark.evaluation.protocols import get_protocol
+from benchmark.nn.backbone import describe_backbone, stage_widths
+from benchmark.orchestration.plan import Plan
+from benchmark.results import Cell, read_json, versions, write_json_atomic
+from benchmark.rundata import RunData
+from benchmark.training.pretrain import run_pretraining
+from benchmark.training.runtime import apply_host_settings
+from benchmark.training.units import PretrainingUnit, is_finished, unit_for
+
+
+@dataclass(frozen=True)
+class UnitOutcome:
+    """How a pretraining unit ended: the encoder it exported, or why it failed."""
+
+    encoder: Path | None
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Pretrain one unit: the work an executor runs for each pretraining unit."""
+
+    cfg: DictConfig
+    out: Path
+    unit: PretrainingUnit
+    expected_hash: str
+
+    def finished(self) -> UnitOutcome | None:
+        """The outcome of a unit finished before with these settings; ``None`` if it must run."""
+        if is_finished(self.unit, self.expected_hash):
+            return UnitOutcome(self.unit.encoder_path)
+        return None
+
+    def __call__(self, data: RunData, log: Callable[[str], None]) -> UnitOutcome:
+        """Pretrain (or resume) the unit; any failure but the user's is returned, not raised."""
+        try:
+            return UnitOutcome(run_pretraining(self.cfg, self.unit, data, log))
+        except (KeyboardInterrupt, UserError):
+            raise
+        except Exception as error:  # the rest of the grid goes on; the report shows it
+            failure = _failure_text(f"pretraining {self.unit.title}", error)
+            log(failure.splitlines()[0])
+            return UnitOutcome(None, failure)
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Evaluate one cell and write its file: the work an executor runs for each cell.
+
+    ``unit`` is the pretraining unit whose encoder the cell starts from (``None`` for methods
+    without pretraining): an executor runs the cell after that unit.
+    """
+
+    cfg: DictConfig
+    out: Path
+    cell: Cell
+    fingerprint: dict
+    unit: PretrainingUnit | None
+
+    @property
+    def path(self) -> Path:
+        return self.cell.path(self.out)
+
+    def is_done(self) -> bool:
+        """True when the cell file says done with this cell's config hash."""
+        existing = read_json(self.path)
+        return bool(
+            existing
+            and existing.get("status") == "done"
+            and existing.get("config_hash") == config_hash(self.fingerprint)
+        )
+
+    def __call__(self, data: RunData, upstream: UnitOutcome | None) -> str | None:
+        """Evaluate the cell unless it is done; returns the summary the progress log shows."""
+        if self.is_done():
+            return None
+        apply_host_settings(self.cfg.runtime)
+        started = time.perf_counter()
+        workdir = self.out / "work" / self.path.relative_to(self.out / "cells").with_suffix("")
+        try:
+            if upstream and upstream.failure:
+                raise RuntimeError(upstream.failure.splitlines()[0])
+            encoder = upstream.encoder if upstream else None
+            result = get_protocol(self.cell.protocol)(self.cell, self.cfg, data, encoder, workdir)
+        except (KeyboardInterrupt, UserError):
+            raise
+        except Exception as error:
+            return self.record_failure(error, time.perf_counter() - started)
+        record = {**self._record(), **result, "status": "done"}
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        write_json_atomic(self.path, record)
+        return (
+            f"AUPRC {record['metrics']['auprc']:.3f} (prevalence {record['prevalence']:.2f}) "
+            f"in {record['seconds']:.1f} s"
+        )
+
+    def record_failure(self, error: BaseException, seconds: float = 0.0) -> str:
+        """Write the cell file as failed (unless the cell is done); returns the summary.
+
+        Also for executors whose worker died while running the cell.
+        """
+        summary = f"FAILED: {type(error).__name__}: {error}".splitlines()[0]
+        if not self.is_done():
+            record = {**self._record(), "status": "failed"}
+            record.update(error=_failure_text(self.cell.title, error), seconds=round(seconds, 2))
+            write_json_atomic(self.path, record)
+        return f"{summary} in {seconds:.1f} s"
+
+    def _record(self) -> dict:
+        cell, cfg = self.cell, self.cfg
+        return {
+            "method": cell.method,
+            "protocol": cell.protocol,
+            "fraction": cell.fraction,
+            "fold": cell.fold,
+            "seed": cell.seed,
+            "profile": cfg.profile,
+            "backbone": describe_backbone(stage_widths(float(cfg.backbone.width_multiplier))),
+            "config_hash": config_hash(self.fingerprint),
+            "config": self.fingerprint,
+            "versions": versions(),
+        }
+
+
+def _failure_text(what: str, error: BaseException) -> str:
+    trace = "".join(traceback.format_exception(error))
+    return f"{what} failed: {type(error).__name__}: {error}\n{trace}"
+
+
+@dataclass
+class GridRun:
+    """A planned run as an executor sees it: the tasks of each method, and the progress log.
+
+    An executor runs every method's unit tasks, each cell task after its unit, and reports
+    each cell with ``cell_finished`` (the log's ``[done/total]`` counter counts skipped cells).
+    """
+
+    cfg: DictConfig
+    out: Path
+    data: RunData
+    plan: Plan
+    log: Callable[[str], None]
+    cells_finished: int = 0
+
+    def unit_tasks(self, method: str) -> list[UnitTask]:
+        return [
+            UnitTask(self.cfg, self.out, unit, self.plan.unit_hashes[unit.directory])
+            for unit in self.plan.units[method]
+        ]
+
+    def cell_tasks(self, method: str) -> list[CellTask]:
+        units = self.plan.units[method]
+        return [
+            CellTask(
+                self.cfg,
+                self.out,
+                cell,
+                self.plan.cell_fingerprints[cell],
+                unit_for(units, cell.seed, cell.fold, cell.fraction),
+            )
+            for cell in self.plan.cells
+            if cell.method == method
+        ]
+
+    def cell_finished(self, task: CellTask, summary: str | None) -> None:
+        """Count a cell; log its summary unless it was skipped (``None``: done before)."""
+        self.cells_finished += 1
+        if summary is not None:
+            total = len(self.plan.cells)
+            self.log(f"[{self.cells_finished}/{total}] {task.cell.title}: {summary}")

@@ -1,0 +1,512 @@
+"""Tables and figures of a run folder (``ssl3d report OUT``); results/README.md explains them.
+
+Reads and checks the cells (``benchmark.reporting.collect``: missing and failed cells shown as such, one
+configuration per report), resamples test subjects once for the whole report
+(``benchmark.reporting.summaries``, ``benchmark.reporting.statistics``), then writes
+
+- ``tables/{auprc,auroc,f1}.{csv,md,tex}``: every protocol, methods x label fractions, with
+  95 % CIs and paired tests against the reference method;
+- ``tables/pathology.{csv,md,tex}`` and ``tables/localisation.{csv,md,tex}`` when the cohort
+  records pathologies and masks (otherwise a note says why they are absent);
+- ``figures/{auprc,auroc,f1}_vs_fraction.png``, ``figures/pr_curves_f<F>.png``,
+  ``figures/pretraining_losses.png``, ``figures/summary.{png,pdf}``;
+- ``tables/tuning.md`` when the run took tuned settings (``ssl3d run --tuned``): each method's
+  trials, hours and best settings, so that equal tuning effort is visible;
+- ``report.md``: every table, the notes and the figures on one page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.errors import UserError
+from benchmark.evaluation.protocols import PROTOCOLS
+from benchmark.reporting import figures, tables
+from benchmark.reporting.collect import RunResults, collect
+from benchmark.reporting.summaries import (
+    METRICS,
+    Bootstrap,
+    FixedTestSet,
+    comparisons,
+    default_reference,
+    entries,
+    localisation_results,
+    pathology_results,
+)
+
+HEADLINE_PROTOCOL = "finetune"
+CHANCE = {
+    "auprc": "{p:.2f} (the test prevalence) is the AUPRC of a random classifier",
+    "auroc": "0.5 is the AUROC of a random classifier",
+    "f1": "F1 of calling every volume anomalous: {f1:.2f}",
+}
+FORMATS = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "csv": "csv"}
+
+
+class EmptyReportError(UserError):
+    """A folder without any cell files."""
+
+
+class ReportSettingError(UserError):
+    """A report option that does not fit the run (unknown reference method, fraction...)."""
+
+
+@dataclass
+class Report:
+    """What ``write_report`` produced: the chosen metric's entries and Markdown, every file."""
+
+    summary: pd.DataFrame
+    markdown: str
+    files: list[Path]
+    notes: list[str] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)  # the chosen metric's table per format
+
+
+@dataclass
+class Context:
+    """What every caption states about the run."""
+
+    backbone: str
+    profile: str
+    test_subjects: int
+    test_volumes: int
+    replicates: int
+    reference: str | None
+    level: float
+    alpha: float
+
+
+def ordered_protocols(cells: pd.DataFrame) -> list[str]:
+    """The protocols of a run, the registered ones in their order (finetune first)."""
+    present = list(dict.fromkeys(cells["protocol"]))
+    known = PROTOCOLS.names()
+    return [p for p in known if p in present] + sorted(p for p in present if p not in known)
+
+
+def _describe(values: pd.Series, unknown: str) -> str:
+    return ", ".join(sorted(values.dropna().astype(str).unique())) or unknown
+
+
+def metric_caption(
+    metric: str, protocol: str, table: pd.DataFrame, tests: pd.DataFrame, context: Context
+) -> str:
+    """States the protocol, n, the backbone, the profile, the chance level and the marks."""
+    label = figures.LABELS[metric]
+    described = PROTOCOLS.get(protocol).description if protocol in PROTOCOLS else protocol
+    folds, seeds = table["folds"].max(), table["seeds"].max()
+    text = (
+        f"{label} of the {protocol} protocol ({described}) by label fraction: mean ± std "
+        f"over up to {folds} fold(s) × {seeds} seed(s) (the training variation)"
+    )
+    if table["ci_low"].notna().any():
+        text += (
+            f", [{context.level:.0%} CI] of the mean by bootstrap over the "
+            f"{context.test_subjects} test subjects ({context.test_volumes} volumes, "
+            f"{context.replicates} resamples)"
+        )
+    text += f". Backbone {context.backbone}; profile {context.profile}"
+    prevalence = table["prevalence"].mean()
+    chance = CHANCE[metric].format(p=prevalence, f1=2 * prevalence / (1 + prevalence))
+    text += f"; {chance}. Bold: best mean per fraction."
+    tested = tests[tests["pairs"] > 0]
+    if context.reference and len(tested):
+        text += (
+            f" †/‡: differs from {context.reference} (paired bootstrap over test subjects / "
+            f"Wilcoxon signed-rank over fold × seed pairs), Holm-adjusted p < {context.alpha:g} "
+            f"over the {len(tested)} comparisons of this table."
+        )
+        pairs = int(tested["pairs"].max())
+        if 2.0 ** (1 - pairs) >= context.alpha:
+            text += (
+                f" With {pairs} fold × seed pair(s) the Wilcoxon test cannot reach "
+                f"p < {context.alpha:g}."
+            )
+    return text
+
+
+def _csv(frame: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+def _write_metric(
+    metric: str,
+    results: RunResults,
+    bootstrap: Bootstrap | None,
+    protocols: list[str],
+    context: Context,
+    out: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str], list[Path]]:
+    """``tables/<metric>.{csv,md,tex}``: entries with CIs and tests, every protocol."""
+    summary = entries(results.cells, metric, bootstrap, context.level)
+    done = results.done
+    shape = done.groupby("protocol").agg(folds=("fold", "nunique"), seeds=("seed", "nunique"))
+    summary = summary.join(shape, on="protocol")
+    reference = context.reference
+    tests = comparisons(results.cells, metric, reference, bootstrap)
+    merged = summary.merge(
+        tests.drop(columns="reference"), on=["protocol", "method", "fraction"], how="left"
+    )
+    merged["reference"] = reference or ""
+    columns = [
+        "method", "fraction", "mean", "std", "n", "failed", "missing", "ci_low", "ci_high",
+        "prevalence", "reference", "pairs", "difference", "p_bootstrap", "p_bootstrap_holm",
+        "p_wilcoxon", "p_wilcoxon_holm", "protocol",
+    ]  # fmt: skip
+    merged = merged[columns]
+    texts = {"md": [], "tex": []}
+    for protocol in protocols:
+        rows = summary[summary["protocol"] == protocol]
+        protocol_tests = tests[tests["protocol"] == protocol]
+        caption = metric_caption(metric, protocol, rows, protocol_tests, context)
+        label = f"tab:ssl3d-{metric}-{protocol}"
+        for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
+            table = tables.metric_table(
+                rows, protocol_tests, reference, caption, label, notation, context.alpha
+            )
+            render = tables.latex if notation.latex else tables.markdown
+            texts[key].append(render(table))
+    joined = {
+        "md": "\n".join(
+            f"### {metric.upper()}, protocol `{p}`\n\n{t}"
+            for p, t in zip(protocols, texts["md"], strict=True)
+        ),
+        "tex": "\n".join(texts["tex"]),
+    }
+    files = [_csv(merged, out / "tables" / f"{metric}.csv")]
+    for key in ("md", "tex"):
+        files.append(out / "tables" / f"{metric}.{key}")
+        files[-1].write_text(joined[key])
+    joined["csv"] = files[0].read_text()
+    return merged, tests, joined, files
+
+
+def _chosen_fraction(cells: pd.DataFrame, requested: float | None) -> float:
+    fractions = sorted(cells.loc[cells["status"] == "done", "fraction"].unique())
+    if requested is None:
+        return float(fractions[0])
+    matches = [f for f in fractions if abs(f - requested) < 1e-9]
+    if not matches:
+        raise ReportSettingError(
+            f"--fraction {requested:g}: no finished cells at that label fraction; the run has "
+            f"{', '.join(f'{f:g}' for f in fractions)}"
+        )
+    return float(matches[0])
+
+
+def _check_reference(cells: pd.DataFrame, requested: str | None) -> str | None:
+    reference = default_reference(cells, requested)
+    methods = sorted(set(cells.loc[cells["status"] == "done", "method"]))
+    if requested is not None and requested not in methods:
+        raise ReportSettingError(
+            f"--reference {requested}: no finished cells of that method; the run has "
+            f"{', '.join(methods)}"
+        )
+    return reference
+
+
+def write_report(
+    out: Path,
+    metric: str = "auprc",
+    reference: str | None = None,
+    fraction: float | None = None,
+    replicates: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    alpha: float = 0.05,
+) -> Report:
+    """Write every table and figure of ``out``; returns the chosen metric's summary."""
+    out = Path(out)
+    if metric not in METRICS:
+        raise ReportSettingError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
+    results = collect(out)
+    if results.cells.empty:
+        raise EmptyReportError(
+            f"{out} holds no cell files under cells/; run `ssl3d run --out {out}` first"
+        )
+    if results.done.empty:
+        raise EmptyReportError(
+            f"{out}: no cell has finished ({len(results.cells)} failed or missing); see run.log"
+        )
+    notes = list(results.notes)
+    reference = _check_reference(results.cells, reference)
+    if reference is None:
+        notes.append("no reference method (residual or scratch) finished: no paired tests")
+    chosen = _chosen_fraction(results.cells, fraction)
+    protocols = ordered_protocols(results.done)
+    test_set = FixedTestSet.of(results.records)
+    bootstrap = Bootstrap.run(results, test_set, replicates, seed) if test_set else None
+    if bootstrap is None:
+        notes.append("the cell files hold no predictions: no confidence intervals or PR curves")
+    done = results.done
+    context = Context(
+        backbone=_describe(done["backbone"], "unknown backbone"),
+        profile=_describe(done["profile"], "unknown profile"),
+        test_subjects=test_set.n_subjects if test_set else 0,
+        test_volumes=len(test_set.volumes) if test_set else 0,
+        replicates=replicates,
+        reference=reference,
+        level=level,
+        alpha=alpha,
+    )
+    colours = figures.method_colours(list(results.cells["method"]))
+    files, markdown, headline = [], {}, {}
+    for name in METRICS:
+        summary, tests, texts, written = _write_metric(
+            name, results, bootstrap, protocols, context, out
+        )
+        files += written
+        markdown[name] = texts["md"]
+        headline[name] = (summary, tests, texts)
+        files.append(
+            figures.plot_metric_vs_fraction(
+                summary, name, protocols, colours, out / "figures" / f"{name}_vs_fraction.png"
+            )
+        )
+    if bootstrap is not None:
+        files.append(
+            figures.plot_pr_curves(
+                results.records,
+                test_set,
+                protocols,
+                chosen,
+                colours,
+                out / "figures" / f"pr_curves_f{chosen:g}.png",
+            )
+        )
+    losses = figures.loss_tables(out)
+    if losses:
+        files.append(
+            figures.plot_losses(losses, colours, out / "figures" / "pretraining_losses.png")
+        )
+    else:
+        notes.append("no pretrain/*/losses.csv (no method was pretrained): no loss curves")
+
+    pathology = pathology_results(results, bootstrap, level) if bootstrap else pd.DataFrame()
+    if test_set is not None and not test_set.has_pathologies:
+        notes.append(
+            "the cohort records no pathologies (the predictions' `pathology` is empty): "
+            "per-finding results skipped"
+        )
+    if len(pathology) and test_set.has_pathologies:
+        files += _write_pathology(pathology, protocols, chosen, reference, context, out)
+        markdown["pathology"] = (out / "tables" / "pathology.md").read_text()
+    else:
+        pathology = pd.DataFrame()
+    localisation = localisation_results(results)
+    if len(localisation):
+        files += _write_localisation(localisation, reference, context, out)
+        markdown["localisation"] = (out / "tables" / "localisation.md").read_text()
+    else:
+        notes.append(
+            "no cell holds localisation results (the cohort has no masks, "
+            "finetune.localisation.enabled is false, or no finetune cell finished): "
+            "localisation skipped"
+        )
+    tuning = out / "tuning.json"
+    if tuning.exists():
+        markdown["tuning"] = tables.budget_markdown(tuning)
+        files.append(out / "tables" / "tuning.md")
+        files[-1].write_text(markdown["tuning"])
+    else:
+        notes.append(
+            "no method was tuned (`ssl3d run --tuned`): every method ran with its YAML settings"
+        )
+    files += _summary_page(
+        headline[metric][0], headline[metric][1], results, test_set, pathology, localisation,
+        losses, protocols, chosen, metric, reference, colours, context, out,
+    )  # fmt: skip
+    files.append(_write_overview(out, markdown, notes, files))
+    summary, _, texts = headline[metric]
+    return Report(summary, texts["md"], files, notes, texts)
+
+
+def _write_pathology(
+    pathology: pd.DataFrame,
+    protocols: list[str],
+    fraction: float,
+    reference: str | None,
+    context: Context,
+    out: Path,
+) -> list[Path]:
+    files = [_csv(pathology, out / "tables" / "pathology.csv")]
+    texts = {"md": [], "tex": []}
+    for protocol in protocols:
+        rows = pathology[(pathology["protocol"] == protocol) & (pathology["fraction"] == fraction)]
+        if rows.empty:
+            continue
+        caption = (
+            f"Per finding, {protocol} protocol, label fraction {fraction:g}: AUPRC of normal "
+            f"vs that finding (normal volumes and those with the finding; chance = the "
+            f"finding's share of them) / recall at the validation threshold; 'normal': "
+            f"specificity. Means over the cells; n = test volumes with the finding. Backbone "
+            f"{context.backbone}; profile {context.profile}. Every fraction and 95 % CIs: "
+            f"tables/pathology.csv."
+        )
+        label = f"tab:ssl3d-pathology-{protocol}"
+        for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
+            table = tables.pathology_table(rows, reference, caption, label, notation)
+            text = (tables.latex if notation.latex else tables.markdown)(table)
+            texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
+    for key in ("md", "tex"):
+        path = out / "tables" / f"pathology.{key}"
+        path.write_text("\n".join(texts[key]))
+        files.append(path)
+    return files
+
+
+def _write_localisation(
+    localisation: pd.DataFrame, reference: str | None, context: Context, out: Path
+) -> list[Path]:
+    files = [_csv(localisation, out / "tables" / "localisation.csv")]
+    overall = localisation[localisation["finding"] == "all"]
+    caption = (
+        f"Localisation of the fine-tuned classifiers (Grad-CAM at {_describe(overall['stage'], '?')}"
+        f" against the ground-truth masks of the {int(overall['volumes'].max())} anomalous test "
+        f"volumes with a mask): voxel AUPRC / pointing-game hit rate, means over the cells, by "
+        f"label fraction. Chance level of both: {overall['chance'].mean():.3f} (the mean share "
+        f"of the volume a mask covers). Backbone {context.backbone}; profile {context.profile}. "
+        f"Per finding and std: tables/localisation.csv."
+    )
+    for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
+        table = tables.localisation_table(
+            localisation, reference, caption, "tab:ssl3d-localisation", notation
+        )
+        path = out / "tables" / f"localisation.{key}"
+        path.write_text((tables.latex if notation.latex else tables.markdown)(table))
+        files.append(path)
+    return files
+
+
+def _summary_page(
+    summary: pd.DataFrame,
+    tests: pd.DataFrame,
+    results: RunResults,
+    test_set: FixedTestSet | None,
+    pathology: pd.DataFrame,
+    localisation: pd.DataFrame,
+    losses: dict,
+    protocols: list[str],
+    fraction: float,
+    metric: str,
+    reference: str | None,
+    colours: dict,
+    context: Context,
+    out: Path,
+) -> list[Path]:
+    """``figures/summary.{png,pdf}``: six panels a user can put on one slide."""
+    label = figures.LABELS[metric]
+    headline = HEADLINE_PROTOCOL if HEADLINE_PROTOCOL in protocols else protocols[0]
+    methods = tables.method_order(list(results.done["method"]), reference)
+    at_fraction = summary[summary["fraction"] == fraction]
+    marks = {
+        (row.protocol, row.method): tables.significance_marks(row, context.alpha)
+        for _, row in tests[tests["fraction"] == fraction].iterrows()
+    }
+    panels = [
+        (
+            f"{label} vs label fraction ({headline})",
+            lambda axis: (
+                figures.draw_metric_vs_fraction(
+                    axis, summary[summary["protocol"] == headline], metric, colours, ""
+                ),
+                axis.legend(fontsize=7),
+            ),
+        ),
+        (
+            f"{label} at fraction {fraction:g}, by protocol",
+            lambda axis: figures.draw_protocol_bars(
+                axis, at_fraction, marks, protocols, methods, metric, colours
+            ),
+        ),
+    ]
+    if test_set is not None:
+        panels.append(
+            (
+                f"PR curves at fraction {fraction:g} ({headline})",
+                lambda axis: (
+                    figures.draw_pr_curves(
+                        axis, results.records, test_set, headline, fraction, colours, ""
+                    ),
+                    axis.legend(fontsize=6.5, loc="lower left"),
+                ),
+            )
+        )
+    else:
+        panels.append(("PR curves", lambda axis: figures.draw_note(axis, "no predictions")))
+    rows = _at(pathology, headline, fraction)
+    panels.append(
+        (
+            f"Recall per finding at fraction {fraction:g} ({headline})",
+            (lambda axis: figures.draw_finding_recall(axis, rows, methods, colours))
+            if len(rows)
+            else (
+                lambda axis: figures.draw_note(axis, "skipped: the cohort records no pathologies")
+            ),
+        )
+    )
+    located = _at(localisation, HEADLINE_PROTOCOL, fraction)
+    located = located[located["finding"] == "all"] if len(located) else located
+    panels.append(
+        (
+            f"Grad-CAM localisation at fraction {fraction:g}",
+            (lambda axis: figures.draw_localisation(axis, located, methods, colours))
+            if len(located)
+            else (lambda axis: figures.draw_note(axis, "skipped: no masks (or no finetune cells)")),
+        )
+    )
+    panels.append(
+        (
+            "Pretraining loss (relative)",
+            (lambda axis: figures.draw_relative_losses(axis, losses, colours))
+            if losses
+            else (lambda axis: figures.draw_note(axis, "no method was pretrained")),
+        )
+    )
+    reference_text = f"; † / ‡ vs {reference} (Holm p < {context.alpha:g})" if reference else ""
+    subtitle = (
+        f"{context.backbone}; profile {context.profile}; {context.test_subjects} test subjects "
+        f"({context.test_volumes} volumes); bands and bars: {context.level:.0%} bootstrap CI over "
+        f"test subjects{reference_text}"
+    )
+    return figures.summary_page(
+        f"ssl3d benchmark: {', '.join(methods) if len(methods) <= 6 else f'{len(methods)} methods'}",
+        subtitle,
+        panels,
+        [out / "figures" / "summary.png", out / "figures" / "summary.pdf"],
+    )
+
+
+def _at(table: pd.DataFrame, protocol: str, fraction: float) -> pd.DataFrame:
+    """The rows of one protocol and fraction (an empty table stays empty)."""
+    if table.empty:
+        return table
+    return table[(table["protocol"] == protocol) & (table["fraction"] == fraction)]
+
+
+def _write_overview(
+    out: Path, markdown: dict[str, str], notes: list[str], files: list[Path]
+) -> Path:
+    """``report.md``: every Markdown table, the notes and links to the figures."""
+    sections = ["# ssl3d report", ""]
+    if notes:
+        sections += ["## Notes", "", *(f"- {note}" for note in notes), ""]
+    titles = {
+        "pathology": "Per finding",
+        "localisation": "Localisation",
+        "tuning": "Tuning budget (ssl3d tune)",
+    }
+    for name, text in markdown.items():
+        sections += [f"## {titles.get(name, name.upper())}", "", text]
+    sections += ["## Figures", ""]
+    for path in files:
+        if path.suffix == ".png":
+            relative = path.relative_to(out)
+            sections.append(f"![{relative.stem}]({relative})")
+    path = out / "report.md"
+    path.write_text("\n".join(sections) + "\n")
+    return path

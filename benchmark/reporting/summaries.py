@@ -1,0 +1,387 @@
+"""The numbers of a report, as DataFrames: entries with bootstrap CIs, paired comparisons,
+per-finding results and localisation (``benchmark.reporting.statistics`` defines the statistics).
+
+An *entry* is one method x protocol x label fraction: the mean and std of its finished cells'
+stored metrics, ``n`` finished, ``failed`` and ``missing`` cells, and the 95 % CI of the mean
+by bootstrap over test subjects. A *comparison* pairs an entry with the reference method's
+entry of the same protocol and fraction over the fold x seed pairs both finished.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.evaluation.metrics import weighted_auroc, weighted_average_precision, weighted_f1
+from benchmark.reporting.collect import KEY, RunResults
+from benchmark.reporting.statistics import (
+    holm,
+    paired_bootstrap_p,
+    percentile_interval,
+    subject_draws,
+    volume_weights,
+    wilcoxon_p,
+)
+
+METRICS = ("auprc", "auroc", "f1")
+ENTRY = ["protocol", "method", "fraction"]
+
+
+def findings(pathologies: pd.Series) -> list[str]:
+    """Every finding named in ``;``-separated pathologies, sorted."""
+    return sorted({word for text in pathologies for word in str(text).split(";") if word})
+
+
+def has_finding(pathologies: pd.Series, finding: str) -> np.ndarray:
+    """Which ``;``-separated pathologies include ``finding``."""
+    return np.array([finding in str(text).split(";") for text in pathologies], dtype=bool)
+
+
+@dataclass
+class FixedTestSet:
+    """The test volumes every cell scored, in one fixed order, and their subjects."""
+
+    volumes: pd.DataFrame  # subject_id, side, label, pathology
+    subject_of_volume: np.ndarray  # [V] index into the sorted test subjects
+
+    @property
+    def n_subjects(self) -> int:
+        return int(self.volumes["subject_id"].nunique())
+
+    @property
+    def findings(self) -> list[str]:
+        """Every finding named in the test set's pathologies (sorted)."""
+        return findings(self.volumes["pathology"])
+
+    @classmethod
+    def of(cls, records: dict[tuple, dict]) -> FixedTestSet | None:
+        """The union of the finished cells' test predictions; None when none has any."""
+        rows = {}
+        for record in records.values():
+            for p in record.get("predictions") or []:
+                rows.setdefault((p["subject_id"], p["side"]), (p["label"], p.get("pathology")))
+        if not rows:
+            return None
+        volumes = pd.DataFrame(
+            [(s, side, label, finding or "") for (s, side), (label, finding) in rows.items()],
+            columns=["subject_id", "side", "label", "pathology"],
+        ).sort_values(["subject_id", "side"], ignore_index=True)
+        subjects = {s: i for i, s in enumerate(sorted(volumes["subject_id"].unique()))}
+        return cls(volumes, volumes["subject_id"].map(subjects).to_numpy())
+
+    def align(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
+        """A cell's scores in this order (0 where absent) and which volumes it scored."""
+        position = {k: i for i, k in enumerate(zip(self.volumes.subject_id, self.volumes.side))}
+        scores, present = np.zeros(len(self.volumes)), np.zeros(len(self.volumes), dtype=bool)
+        for p in record.get("predictions") or []:
+            index = position[(p["subject_id"], p["side"])]
+            scores[index], present[index] = p["score"], True
+        return scores, present
+
+    @property
+    def has_pathologies(self) -> bool:
+        return bool(self.findings)
+
+
+def cell_metric(
+    metric: str, scores: np.ndarray, labels: np.ndarray, weights: np.ndarray, threshold: float
+) -> np.ndarray:
+    """A cell's metric under each row of ``weights`` ``[B, V]``."""
+    scores, labels, weights = (torch.as_tensor(a) for a in (scores, labels, weights))
+    if metric == "auprc":
+        return weighted_average_precision(scores, labels, weights).numpy()
+    if metric == "auroc":
+        return weighted_auroc(scores, labels, weights).numpy()
+    return weighted_f1(scores, labels, threshold, weights).numpy()
+
+
+@dataclass
+class Bootstrap:
+    """Test-subject resampling shared by every cell of a report, and each cell's replicates."""
+
+    test_set: FixedTestSet
+    weights: np.ndarray  # [B, V]
+    replicates: dict[tuple, dict[str, np.ndarray]]  # cell key -> metric -> [B]
+
+    @classmethod
+    def run(
+        cls, results: RunResults, test_set: FixedTestSet, replicates: int, seed: int
+    ) -> Bootstrap:
+        draws = subject_draws(test_set.n_subjects, replicates, seed)
+        weights = volume_weights(draws, test_set.subject_of_volume)
+        labels = test_set.volumes["label"].to_numpy(float)
+        per_cell = {}
+        for key, record in results.records.items():
+            if not record.get("predictions"):
+                continue
+            scores, present = test_set.align(record)
+            threshold = float(record.get("threshold") or 0.5)
+            per_cell[key] = {
+                m: cell_metric(m, scores, labels, weights * present, threshold) for m in METRICS
+            }
+        return cls(test_set, weights, per_cell)
+
+    def entry(self, keys: list[tuple], metric: str) -> np.ndarray | None:
+        """Replicates ``[B]`` of the mean over these cells; None if any cell has none."""
+        if not keys or any(k not in self.replicates for k in keys):
+            return None
+        return nanmean_rows(np.stack([self.replicates[k][metric] for k in keys]))
+
+
+def nanmean_rows(stack: np.ndarray) -> np.ndarray:
+    """Column means of ``[cells, B]`` ignoring NaN (NaN where a column has no value)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(stack, axis=0)
+
+
+def _keys(rows: pd.DataFrame) -> list[tuple]:
+    return [tuple(row) for row in rows[KEY].itertuples(index=False)]
+
+
+def entries(
+    cells: pd.DataFrame, metric: str, bootstrap: Bootstrap | None, level: float = 0.95
+) -> pd.DataFrame:
+    """One row per method x protocol x fraction: ``method, fraction, mean, std, n, failed,
+    missing, ci_low, ci_high, prevalence, protocol``."""
+    rows = []
+    for (protocol, method, fraction), group in cells.groupby(ENTRY, sort=True):
+        done = group[group["status"] == "done"]
+        values = pd.to_numeric(done[metric], errors="coerce") if len(done) else pd.Series([])
+        replicates = bootstrap.entry(_keys(done), metric) if bootstrap else None
+        low, high = (
+            percentile_interval(replicates, level)
+            if replicates is not None
+            else (
+                np.nan,
+                np.nan,
+            )
+        )
+        rows.append(
+            {
+                "method": method,
+                "fraction": fraction,
+                "mean": values.mean() if len(values) else np.nan,
+                "std": values.std() if len(values) > 1 else np.nan,
+                "n": int(values.notna().sum()),
+                "failed": int((group["status"] == "failed").sum()),
+                "missing": int((group["status"] == "missing").sum()),
+                "ci_low": low,
+                "ci_high": high,
+                "prevalence": pd.to_numeric(done["prevalence"], errors="coerce").mean(),
+                "protocol": protocol,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def default_reference(cells: pd.DataFrame, requested: str | None) -> str | None:
+    """``requested``, else ``residual`` when it has finished cells, else ``scratch``, else None."""
+    finished = set(cells.loc[cells["status"] == "done", "method"])
+    if requested is not None:
+        return requested
+    return next((m for m in ("residual", "scratch") if m in finished), None)
+
+
+def comparisons(
+    cells: pd.DataFrame, metric: str, reference: str | None, bootstrap: Bootstrap | None
+) -> pd.DataFrame:
+    """Each method against ``reference`` per protocol and fraction, Holm-adjusted per protocol
+    (no rows without a reference).
+
+    Columns: ``protocol, fraction, method, reference, pairs, difference`` (mean over the fold x
+    seed pairs both finished), ``p_bootstrap, p_wilcoxon`` and their ``_holm`` adjustments.
+    """
+    done = cells[(cells["status"] == "done") & (reference is not None)].copy()
+    done[metric] = pd.to_numeric(done[metric], errors="coerce")
+    rows = []
+    for (protocol, fraction), group in done.groupby(["protocol", "fraction"], sort=True):
+        base = group[group["method"] == reference].set_index(["fold", "seed"])
+        for method, own in group[group["method"] != reference].groupby("method", sort=True):
+            own = own.set_index(["fold", "seed"])
+            pairs = sorted(set(base.index) & set(own.index))
+            differences = np.array(
+                [own.loc[p, metric] - base.loc[p, metric] for p in pairs], dtype=float
+            )
+            difference = (
+                float(np.nanmean(differences)) if np.isfinite(differences).any() else np.nan
+            )
+            p_bootstrap = np.nan
+            if pairs and bootstrap is not None:
+                own_keys = [(method, protocol, fraction, *p) for p in pairs]
+                base_keys = [(reference, protocol, fraction, *p) for p in pairs]
+                own_replicates = bootstrap.entry(own_keys, metric)
+                base_replicates = bootstrap.entry(base_keys, metric)
+                if own_replicates is not None and base_replicates is not None:
+                    observed = float(
+                        np.nanmean(own.loc[pairs, metric]) - np.nanmean(base.loc[pairs, metric])
+                    )
+                    p_bootstrap = paired_bootstrap_p(observed, own_replicates - base_replicates)
+            rows.append(
+                {
+                    "protocol": protocol,
+                    "fraction": fraction,
+                    "method": method,
+                    "reference": reference,
+                    "pairs": len(pairs),
+                    "difference": difference,
+                    "p_bootstrap": p_bootstrap,
+                    "p_wilcoxon": wilcoxon_p(differences) if pairs else np.nan,
+                }
+            )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "protocol",
+            "fraction",
+            "method",
+            "reference",
+            "pairs",
+            "difference",
+            "p_bootstrap",
+            "p_wilcoxon",
+        ],
+    )
+    for column in ("p_bootstrap", "p_wilcoxon"):
+        table[f"{column}_holm"] = np.nan
+        for _, group in table.groupby("protocol"):
+            table.loc[group.index, f"{column}_holm"] = holm(group[column].to_numpy())
+    return table
+
+
+def pathology_results(
+    results: RunResults, bootstrap: Bootstrap, level: float = 0.95
+) -> pd.DataFrame:
+    """Normal vs each finding, per method x protocol x fraction.
+
+    For finding F, a cell's test volumes are reduced to the normal ones and those whose
+    pathology includes F; ``auprc`` ranks F against normal, ``recall`` is the share of F
+    volumes at or above the cell's threshold (for ``finding == "normal"``: the share of
+    normal volumes below it, i.e. specificity). Mean and std over cells, 95 % CI of the mean by
+    the report's subject bootstrap, ``volumes`` with the finding and the subset's
+    ``prevalence`` (the AUPRC of a random ranking).
+    """
+    test_set = bootstrap.test_set
+    volumes = test_set.volumes
+    labels = volumes["label"].to_numpy(float)
+    normal = labels == 0
+    subsets = {"normal": normal}
+    for finding in test_set.findings:
+        subsets[finding] = has_finding(volumes["pathology"], finding)
+    per_cell = []
+    for key, record in results.records.items():
+        if not record.get("predictions"):
+            continue
+        scores, present = test_set.align(record)
+        threshold = float(record.get("threshold") or 0.5)
+        weights = bootstrap.weights * present
+        called = scores >= threshold
+        for finding, members in subsets.items():
+            keep = (members | normal) if finding != "normal" else normal
+            target = members & present
+            if not target.any():
+                continue
+            correct = called if finding != "normal" else ~called
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recall = (weights * (target & correct)).sum(1) / (weights * target).sum(1)
+            auprc = (
+                weighted_average_precision(
+                    torch.as_tensor(scores[keep]),
+                    torch.as_tensor(labels[keep]),
+                    torch.as_tensor(weights[:, keep]),
+                ).numpy()
+                if finding != "normal"
+                else np.full(len(weights), np.nan)
+            )
+            observed_auprc = (
+                float(
+                    weighted_average_precision(
+                        torch.as_tensor(scores[keep & present]),
+                        torch.as_tensor(labels[keep & present]),
+                    )[0]
+                )
+                if finding != "normal"
+                else np.nan
+            )
+            per_cell.append(
+                {
+                    **dict(zip(KEY, key)),
+                    "finding": finding,
+                    "auprc": observed_auprc,
+                    "recall": float((target & correct).sum() / target.sum()),
+                    "auprc_replicates": auprc,
+                    "recall_replicates": recall,
+                    "volumes": int(target.sum()),
+                    "prevalence": float(target.sum() / (keep & present).sum())
+                    if finding != "normal"
+                    else np.nan,
+                }
+            )
+    if not per_cell:
+        return pd.DataFrame()
+    frame = pd.DataFrame(per_cell)
+    rows = []
+    for (protocol, method, fraction, finding), group in frame.groupby(
+        [*ENTRY, "finding"], sort=False
+    ):
+        row = {"protocol": protocol, "method": method, "fraction": fraction, "finding": finding}
+        for name in ("auprc", "recall"):
+            row[f"{name}_mean"] = group[name].mean()
+            row[f"{name}_std"] = group[name].std() if len(group) > 1 else np.nan
+            replicates = nanmean_rows(np.stack(group[f"{name}_replicates"].to_list()))
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = percentile_interval(replicates, level)
+        row.update(
+            cells=len(group),
+            volumes=int(group["volumes"].max()),
+            prevalence=group["prevalence"].mean(),
+        )
+        rows.append(row)
+    order = {f: i for i, f in enumerate(subsets)}
+    table = pd.DataFrame(rows)
+    table["order"] = table["finding"].map(order)
+    return table.sort_values([*ENTRY, "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def localisation_results(results: RunResults) -> pd.DataFrame:
+    """Grad-CAM against the masks per method x protocol x fraction (``finding == "all"``) and
+    per finding: mean and std over cells of the per-cell mean voxel AUPRC and pointing-game
+    hit rate, the chance level (mean mask share of the volume), volumes and cells."""
+    per_cell = []
+    for key, record in results.records.items():
+        localisation = record.get("localisation")
+        if not localisation or not localisation.get("volumes"):
+            continue
+        volumes = pd.DataFrame(localisation["volumes"])
+        groups = {"all": volumes}
+        for finding in findings(volumes["pathology"]):
+            groups[finding] = volumes[has_finding(volumes["pathology"], finding)]
+        for finding, members in groups.items():
+            per_cell.append(
+                {
+                    **dict(zip(KEY, key)),
+                    "finding": finding,
+                    "voxel_auprc": members["voxel_auprc"].mean(),
+                    "pointing_game": members["pointing_hit"].mean(),
+                    "chance": members["mask_fraction"].mean(),
+                    "volumes": len(members),
+                    "stage": localisation.get("stage"),
+                }
+            )
+    if not per_cell:
+        return pd.DataFrame()
+    frame = pd.DataFrame(per_cell)
+    table = frame.groupby([*ENTRY, "finding"], sort=False).agg(
+        voxel_auprc_mean=("voxel_auprc", "mean"),
+        voxel_auprc_std=("voxel_auprc", "std"),
+        pointing_game_mean=("pointing_game", "mean"),
+        pointing_game_std=("pointing_game", "std"),
+        chance=("chance", "mean"),
+        volumes=("volumes", "max"),
+        cells=("voxel_auprc", "size"),
+        stage=("stage", "first"),
+    )
+    return table.reset_index()

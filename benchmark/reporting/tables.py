@@ -1,0 +1,266 @@
+"""Report tables as Markdown and LaTeX (booktabs) text; the CSV files are the DataFrames.
+
+A metric table has one row per method (the reference first) and one column per label
+fraction. An entry reads ``mean ± std`` over the finished cells, significance marks against the
+reference (``†`` paired subject bootstrap, ``‡`` Wilcoxon signed-rank over fold x seed pairs,
+both Holm-adjusted over the table), the 95 % bootstrap CI in brackets, and how many cells
+failed or are missing. An entry without finished cells reads ``failed`` or ``missing``, never a
+number. The best mean of each column is bold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+MARKS = {"p_bootstrap_holm": "†", "p_wilcoxon_holm": "‡"}
+LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "×": r"$\times$"}
+
+
+@dataclass
+class Table:
+    """One table in neutral form: header cells, rows of (Markdown) cell texts, caption."""
+
+    header: list[str]
+    rows: list[list[str]]
+    caption: str
+    label: str
+    group: str = ""  # a heading spanning every column but the first
+
+
+@dataclass(frozen=True)
+class Notation:
+    """How emphasis, marks and small print are written in Markdown or LaTeX."""
+
+    latex: bool
+
+    def bold(self, text: str) -> str:
+        return f"\\textbf{{{text}}}" if self.latex else f"**{text}**"
+
+    def plus_minus(self, mean: float, std: float, digits: int = 3) -> str:
+        text = f"{mean:.{digits}f}"
+        if math.isfinite(std):
+            text += f" $\\pm$ {std:.{digits}f}" if self.latex else f" ± {std:.{digits}f}"
+        return text
+
+    def marks(self, marks: str) -> str:
+        if not marks or not self.latex:
+            return marks
+        return "$^{" + "".join(r"\dagger" if m == "†" else r"\ddagger" for m in marks) + "}$"
+
+    def small(self, text: str) -> str:
+        return f"{{\\scriptsize {text}}}" if self.latex else text
+
+    def name(self, text: str) -> str:
+        return latex_escape(text) if self.latex else text
+
+
+def latex_escape(text: str) -> str:
+    """Text with LaTeX's special characters escaped and report symbols in math mode."""
+    for plain, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%")):
+        text = text.replace(plain, escaped)
+    for plain, escaped in (("_", r"\_"), ("#", r"\#"), ("$", r"\$")):
+        text = text.replace(plain, escaped)
+    for plain, escaped in LATEX_SYMBOLS.items():
+        text = text.replace(plain, escaped)
+    return text
+
+
+def method_order(methods: list[str], reference: str | None) -> list[str]:
+    """The reference first, then the other methods alphabetically."""
+    rest = sorted(m for m in set(methods) if m != reference)
+    return ([reference] if reference in methods else []) + rest
+
+
+def _status_text(row: pd.Series) -> str:
+    if row["failed"] and row["missing"]:
+        return "failed/missing"
+    return "failed" if row["failed"] else "missing" if row["missing"] else "–"
+
+
+def entry_text(row: pd.Series, bold: bool, marks: str, notation: Notation) -> str:
+    """One entry of a metric table (see the module docstring)."""
+    if row["n"] == 0:
+        return _status_text(row)
+    text = notation.plus_minus(row["mean"], row["std"])
+    text = (notation.bold(text) if bold else text) + notation.marks(marks)
+    if math.isfinite(row.get("ci_low", math.nan)):
+        text += " " + notation.small(f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]")
+    for status in ("failed", "missing"):
+        if row[status]:
+            text += f" ({row[status]} {status})"
+    return text
+
+
+def significance_marks(comparison: pd.Series | None, alpha: float) -> str:
+    if comparison is None:
+        return ""
+    return "".join(mark for column, mark in MARKS.items() if comparison[column] < alpha)
+
+
+def metric_table(
+    entries: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    reference: str | None,
+    caption: str,
+    label: str,
+    notation: Notation,
+    alpha: float = 0.05,
+) -> Table:
+    """Methods x label fractions of one protocol and metric."""
+    fractions = sorted(entries["fraction"].unique())
+    finished = entries[entries["n"] > 0]
+    best = finished.groupby("fraction")["mean"].max()
+    tests = {(r.method, r.fraction): r for _, r in comparisons.iterrows()}
+    rows = []
+    for method in method_order(list(entries["method"]), reference):
+        cells = [notation.name(method)]
+        for fraction in fractions:
+            found = entries[(entries["method"] == method) & (entries["fraction"] == fraction)]
+            if found.empty:
+                cells.append("–")
+                continue
+            row = found.iloc[0]
+            bold = row["n"] > 0 and row["mean"] == best.get(fraction)
+            marks = significance_marks(tests.get((method, fraction)), alpha)
+            cells.append(entry_text(row, bold, marks, notation))
+        rows.append(cells)
+    return Table(
+        ["Method" if notation.latex else "method", *[f"{f:g}" for f in fractions]],
+        rows,
+        caption,
+        label,
+        group="label fraction" if notation.latex else "",
+    )
+
+
+def pathology_table(
+    table: pd.DataFrame, reference: str | None, caption: str, label: str, notation: Notation
+) -> Table:
+    """Methods x findings at one protocol and fraction: ``AUPRC / recall`` (normal: specificity)."""
+    findings = list(dict.fromkeys(table["finding"]))
+    findings = [f for f in findings if f != "normal"] + (["normal"] if "normal" in findings else [])
+    counts = table.groupby("finding")["volumes"].max()
+    header = ["Method" if notation.latex else "method"]
+    header += [
+        f"{notation.name(f.replace('_', ' '))} (n={counts[f]})"
+        if f != "normal"
+        else f"normal: specificity (n={counts[f]})"
+        for f in findings
+    ]
+    rows = []
+    for method in method_order(list(table["method"]), reference):
+        cells = [notation.name(method)]
+        for finding in findings:
+            found = table[(table["method"] == method) & (table["finding"] == finding)]
+            if found.empty:
+                cells.append("–")
+            elif finding == "normal":
+                cells.append(f"{found.iloc[0]['recall_mean']:.2f}")
+            else:
+                row = found.iloc[0]
+                cells.append(f"{row['auprc_mean']:.2f} / {row['recall_mean']:.2f}")
+        rows.append(cells)
+    return Table(header, rows, caption, label)
+
+
+def localisation_table(
+    table: pd.DataFrame, reference: str | None, caption: str, label: str, notation: Notation
+) -> Table:
+    """Methods x fractions: ``voxel AUPRC / pointing-game hit rate`` (means over cells)."""
+    overall = table[table["finding"] == "all"]
+    fractions = sorted(overall["fraction"].unique())
+    rows = []
+    for method in method_order(list(overall["method"]), reference):
+        cells = [notation.name(method)]
+        for fraction in fractions:
+            found = overall[(overall["method"] == method) & (overall["fraction"] == fraction)]
+            if found.empty:
+                cells.append("–")
+            else:
+                row = found.iloc[0]
+                cells.append(f"{row['voxel_auprc_mean']:.3f} / {row['pointing_game_mean']:.2f}")
+        rows.append(cells)
+    return Table(
+        ["Method" if notation.latex else "method", *[f"{f:g}" for f in fractions]],
+        rows,
+        caption,
+        label,
+        group="label fraction" if notation.latex else "",
+    )
+
+
+def markdown(table: Table) -> str:
+    """A Markdown table followed by its caption."""
+    lines = [
+        "| " + " | ".join(table.header) + " |",
+        "|---|" + "---|" * (len(table.header) - 1),
+        *("| " + " | ".join(row) + " |" for row in table.rows),
+        "",
+        table.caption,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def latex(table: Table) -> str:
+    """A booktabs ``table`` environment with caption and label."""
+    columns = len(table.header)
+    heading = []
+    if table.group:
+        heading = [
+            f" & \\multicolumn{{{columns - 1}}}{{c}}{{{table.group}}} \\\\",
+            f"\\cmidrule(lr){{2-{columns}}}",
+        ]
+    return (
+        "\n".join(
+            [
+                r"\begin{table}[t]",
+                r"\centering",
+                r"\caption{" + latex_escape(table.caption) + "}",
+                r"\label{" + table.label + "}",
+                f"\\begin{{tabular}}{{l{'c' * (columns - 1)}}}",
+                r"\toprule",
+                *heading,
+                " & ".join(table.header) + r" \\",
+                r"\midrule",
+                *(" & ".join(row) + r" \\" for row in table.rows),
+                r"\bottomrule",
+                r"\end{tabular}",
+                r"\end{table}",
+            ]
+        )
+        + "\n"
+    )
+
+
+def budget_markdown(path: Path) -> str:
+    """The Markdown table of ``OUT/tuning.json`` (written by ``ssl3d tune``) for the report."""
+    records = json.loads(Path(path).read_text())["methods"]
+    lines = [
+        "| method | study | trials (complete / pruned / failed) | hours | device | "
+        "best validation AUPRC | best settings |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for record in records:
+        if record.get("study") is None:
+            lines.append(f"| {record['method']} | not tuned (defaults) | 0 | 0 | - | - | - |")
+            continue
+        settings = ", ".join(
+            f"`{k.rsplit('.', 1)[-1]}`={_short(v)}" for k, v in record["best_params"].items()
+        )
+        best = record["best_value"]
+        lines.append(
+            f"| {record['method']} | {record['study']} | {record['complete']} / "
+            f"{record['pruned']} / {record['failed']} | {record['hours']:.3f} | "
+            f"{record['device']} | {'-' if best is None else f'{best:.3f}'} | {settings} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,1 @@
+"""Studies around the grid: hyper-parameter tuning (optuna) and ablation grids."""

@@ -1,0 +1,1 @@
+"""Developer tools: throughput measurement (perf) and the new-method scaffold."""

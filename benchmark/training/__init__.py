@@ -1,0 +1,1 @@
+"""Pretraining: units and their fingerprints, the Lightning runtime, the pretraining loop."""

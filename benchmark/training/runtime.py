@@ -1,0 +1,243 @@
+"""Where and how training runs: device, precision, memory format, Lightning trainers.
+
+Pretraining may run data-parallel on ``runtime.devices`` devices of each of
+``runtime.num_nodes`` nodes (Lightning's DDP). Every rank is a process running the same
+command: Lightning starts the others on one node (re-running the command), ``srun`` or
+``torchrun`` start them on a cluster. ``process_ranks`` tells a process which rank it is before
+any process group exists, so that only rank 0 writes files. Evaluation cells always run on one
+device.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.strategies import DDPStrategy
+from torch import nn
+
+from benchmark.errors import RuntimeSettingError
+from benchmark.nn.backbone import ResNet18
+
+# Lightning's per-trainer banners ("GPU available: ...") would repeat for every grid cell.
+for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*is a non-tensor.*")
+warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
+# Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit; not ours to fix.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# After a data-parallel pretraining the process group stays up, and Lightning then asks every
+# single-device trainer (evaluation cells) to sync its logged values, which it need not.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+
+
+def resolve_device(runtime: DictConfig) -> torch.device:
+    """``runtime.device``: ``auto`` takes the GPU when there is one."""
+    requested = runtime.device
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeSettingError(
+            "runtime.device=cuda, but torch finds no CUDA GPU; use auto or cpu"
+        )
+    if requested not in ("cpu", "cuda"):
+        raise RuntimeSettingError(f"runtime.device must be auto, cpu or cuda, got {requested!r}")
+    return torch.device(requested)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the ``world_size`` processes of a data-parallel pretraining."""
+
+    world_size: int = 1
+    global_rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files and logs."""
+        return self.global_rank == 0
+
+
+def process_ranks(runtime: DictConfig) -> Ranks:
+    """The ranks of this process for ``runtime.devices`` x ``runtime.num_nodes`` processes.
+
+    Read from the environment its launcher set: ``torchrun`` (``RANK``, ``LOCAL_RANK``),
+    ``srun`` (``SLURM_PROCID``, ``SLURM_LOCALID``) or Lightning, which starts the other
+    processes of a node with ``LOCAL_RANK`` and ``NODE_RANK``; none of these = rank 0.
+    """
+    devices, nodes = int(runtime.devices), int(runtime.num_nodes)
+    if devices < 1 or nodes < 1:
+        raise RuntimeSettingError(
+            f"runtime.devices ({devices}) and runtime.num_nodes ({nodes}) must be at least 1"
+        )
+    world_size = devices * nodes
+    if world_size == 1:
+        return Ranks()
+    environment = os.environ
+    local = environment.get("LOCAL_RANK", environment.get("SLURM_LOCALID", "0"))
+    default_global = int(environment.get("NODE_RANK", "0")) * devices + int(local)
+    global_rank = environment.get("RANK", environment.get("SLURM_PROCID", default_global))
+    return Ranks(world_size, int(global_rank), int(local))
+
+
+def training_device(runtime: DictConfig, ranks: Ranks) -> torch.device:
+    """``resolve_device`` for one rank: on GPUs, the rank's own GPU of its node."""
+    device = resolve_device(runtime)
+    if device.type == "cuda" and ranks.world_size > 1:
+        return torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def resolve_precision(runtime: DictConfig, device: torch.device) -> str:
+    """``auto``: bf16 autocast on GPUs that support it, full precision otherwise."""
+    precision = str(runtime.precision)
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16-mixed"
+        return "16-mixed" if device.type == "cuda" else "32-true"
+    if precision in ("32", "32-true"):
+        return "32-true"
+    if precision not in ("bf16-mixed", "16-mixed"):
+        raise RuntimeSettingError(
+            f"runtime.precision must be auto, 32, bf16-mixed or 16-mixed, got {precision!r}"
+        )
+    if device.type == "cpu":
+        raise RuntimeSettingError(
+            f"runtime.precision={precision} on the CPU: torch's CPU autocast of the 3D "
+            "convolutions' backward pass returned corrupt gradients at random here (1e33 or "
+            "NaN, tests/training/test_fast_path.py); use runtime.precision=auto or 32 on the CPU"
+        )
+    return precision
+
+
+def apply_host_settings(runtime: DictConfig) -> None:
+    """``runtime.threads`` (the number of CPU threads torch uses; null leaves torch's choice)
+    and ``runtime.keep_host_memory`` (``keep_freed_host_memory``) for this process."""
+    if runtime.threads:
+        torch.set_num_threads(int(runtime.threads))
+    if runtime.keep_host_memory:
+        keep_freed_host_memory()
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_LARGEST_HEAP_BLOCK = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+
+
+def keep_freed_host_memory() -> None:
+    """Let glibc keep freed blocks of up to 32 MiB for reuse instead of returning them.
+
+    torch's CPU allocator does not cache: every tensor of a step is a fresh ``malloc``, and by
+    default glibc serves large ones with ``mmap`` and trims freed heap back to the system, so
+    each step pays page faults and zeroing for memory it had a moment ago. Keeping it made a
+    quarter-width 32^3 ResNet18 training step about 1.6x faster and a batch of contrastive views
+    about 2x faster on the 2-core build machine (``ssl3d perf`` measures it against default
+    settings). The cost: the process's resident memory stays at its high-water mark.
+    A no-op where the C library has no ``mallopt`` (not glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _LARGEST_HEAP_BLOCK)
+    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def prepare_module(module: nn.Module, runtime: DictConfig) -> nn.Module:
+    """channels_last_3d weights (on the 2-core build machine a quarter-width 32^3 ResNet18
+    step took 0.88x the time at batch 32 and 64), ``runtime.fused_optimizer``
+    for the optimiser the module builds (``fused_optimizer``) and, when ``runtime.compile`` is
+    on, every ResNet18 inside compiled in place (``nn.Module.compile`` keeps the parameter
+    names, so checkpoints and the exported encoder are unchanged)."""
+    module.fused_optimizer = bool(runtime.fused_optimizer)
+    if runtime.channels_last:
+        module.to(memory_format=torch.channels_last_3d)
+    if runtime.compile:
+        for part in module.modules():
+            if isinstance(part, ResNet18):
+                part.compile()
+    return module
+
+
+def show_progress(runtime: DictConfig) -> bool:
+    """``runtime.progress_bar``: ``auto`` shows bars only on an interactive terminal."""
+    if runtime.progress_bar == "auto":
+        return sys.stderr.isatty()
+    return bool(runtime.progress_bar)
+
+
+def epoch_checkpoints(directory: Path, monitor: str | None) -> ModelCheckpoint:
+    """``last.ckpt`` after every epoch (for resume) and ``best.ckpt`` by ``monitor``.
+
+    Saved at the very end of each training epoch, after validation and after the loss table's
+    row is written, so a run killed at any moment resumes at a consistent epoch boundary.
+    """
+    return ModelCheckpoint(
+        dirpath=directory,
+        filename="best",
+        save_last=True,
+        save_top_k=1 if monitor else 0,
+        monitor=monitor,
+        save_on_train_epoch_end=True,
+    )
+
+
+def data_parallel_strategy(device: torch.device) -> DDPStrategy:
+    """Lightning's DDP: NCCL between GPUs, gloo between CPU processes (so tests can run it)."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    return DDPStrategy(process_group_backend=backend)
+
+
+def make_trainer(
+    runtime: DictConfig,
+    checkpoint_dir: Path,
+    max_epochs: int,
+    callbacks: list[pl.Callback],
+    max_steps: int = -1,
+    validate: bool = True,
+    data_parallel: bool = False,
+    sync_batchnorm: bool = False,
+) -> pl.Trainer:
+    """A Lightning trainer for one pretraining or one evaluation cell.
+
+    ``data_parallel`` (pretraining only) trains on ``runtime.devices`` x ``runtime.num_nodes``
+    processes with DDP when that is more than one; ``sync_batchnorm`` then converts BatchNorm
+    to ``SyncBatchNorm``, which torch provides on GPUs only.
+    """
+    device = resolve_device(runtime)
+    ranks = process_ranks(runtime) if data_parallel else Ranks()
+    distributed = {"devices": 1}
+    if ranks.world_size > 1:
+        distributed = {
+            "devices": int(runtime.devices),
+            "num_nodes": int(runtime.num_nodes),
+            "strategy": data_parallel_strategy(device),
+            "sync_batchnorm": sync_batchnorm and device.type == "cuda",
+        }
+    return pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        **distributed,
+        precision=resolve_precision(runtime, device),
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        callbacks=callbacks,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        default_root_dir=checkpoint_dir,
+        logger=False,
+        enable_progress_bar=show_progress(runtime),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if validate else 0,
+        use_distributed_sampler=False,
+    )

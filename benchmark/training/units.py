@@ -1,0 +1,92 @@
+"""Pretraining units: which pretrainings a method needs in a run, and when one is finished.
+
+A pretraining *unit* is one method pretrained once per run (``pretraining_scope = "run"``),
+once per (seed, fold) for methods whose preparation uses a fold's labelled data (``"fold"``,
+e.g. the residual method's autoencoder trained on that fold's normal subjects), or once per
+(seed, fold, label fraction) for methods that may use only the labels of the fraction being
+evaluated (``"fraction"``). A method may choose its scope from its settings
+(``SSLMethod.scope``). A unit is finished when its ``pretrain.json`` says done with the hash of
+its fingerprint, everything its encoder depends on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.config import method_hparams, pretraining_settings
+from benchmark.context import PretrainingUnit
+from benchmark.registry import get_method
+from benchmark.results import read_json
+from benchmark.rundata import RunData
+
+# The data settings that make the volumes: every encoder (and cached stage) depends on them.
+PREPROCESSING_KEYS = ("size", "crop", "clip_percentiles", "mirror_right")
+
+
+def pretraining_units(cfg: DictConfig, method: str, out: Path) -> list[PretrainingUnit]:
+    """The pretraining units a method needs in this run (none for ``scratch``)."""
+    cls = get_method(method)
+    root = out / "pretrain" / method
+    if not cls.needs_pretraining:
+        return []
+    scope = cls.scope(method_hparams(cfg, method))
+    if scope == "run":
+        return [PretrainingUnit(method, root)]
+    folds = [(int(s), fold) for s in cfg.splits.seeds for fold in range(int(cfg.splits.folds))]
+    if scope == "fold":
+        return [PretrainingUnit(method, root / f"seed{s}" / f"fold{k}", s, k) for s, k in folds]
+    if scope == "fraction":
+        return [
+            PretrainingUnit(method, root / f"seed{s}" / f"fold{k}" / f"f{f:g}", s, k, float(f))
+            for s, k in folds
+            for f in cfg.splits.fractions
+        ]
+    raise ValueError(f"{cls.__name__}.scope must give 'run', 'fold' or 'fraction', not {scope!r}")
+
+
+def unit_for(
+    units: list[PretrainingUnit], seed: int, fold: int, fraction: float
+) -> PretrainingUnit | None:
+    """The unit whose encoder an evaluation cell of (seed, fold, fraction) starts from."""
+    for unit in units:
+        if unit.fold is None or (unit.seed, unit.fold) == (seed, fold):
+            if unit.fraction is None or abs(unit.fraction - fraction) < 1e-9:
+                return unit
+    return None
+
+
+def pretraining_fingerprint(cfg: DictConfig, unit: PretrainingUnit, data: RunData) -> dict:
+    """Everything a unit's encoder depends on; its hash decides whether the unit is done."""
+    pool_rows, _ = data.pretraining_pool(pretraining_settings(cfg, unit.method).pool)
+    fingerprint = {
+        "method": unit.method,
+        "seed": unit.seed,
+        "fold": unit.fold,
+        "settings": method_hparams(cfg, unit.method),
+        "pretrain": pretraining_settings(cfg, unit.method),
+        "backbone": cfg.backbone,
+        "data": {
+            "cohort": data.fingerprint,
+            "preprocessing": {k: cfg.data[k] for k in PREPROCESSING_KEYS},
+            "pool": data.subjects_fingerprint(pool_rows),
+        },
+    }
+    if unit.fold is not None:
+        rows = data.training_rows(unit.seed, unit.fold, unit.fraction or 1.0)
+        fingerprint["data"]["fold_training"] = data.subjects_fingerprint(rows)
+    if unit.fraction is not None:  # only fraction-scoped units: other hashes stay as they were
+        fingerprint["fraction"] = unit.fraction
+    return OmegaConf.to_container(OmegaConf.create(fingerprint), resolve=True)
+
+
+def is_finished(unit: PretrainingUnit, expected_hash: str) -> bool:
+    """True when the unit's encoder exists and was made with these settings."""
+    record = read_json(unit.record_path)
+    return (
+        record is not None
+        and record.get("status") == "done"
+        and record.get("config_hash") == expected_hash
+        and unit.encoder_path.exists()
+    )

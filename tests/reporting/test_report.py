@@ -1,0 +1,336 @@
+"""The report: tables, statistics and figures from cell files, including bad input."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+from sklearn.metrics import average_precision_score
+
+from benchmark.cli import main
+from benchmark.evaluation.metrics import classification_metrics
+from benchmark.reporting.collect import MixedConfigurationError, collect
+from benchmark.reporting.report import EmptyReportError, write_report
+from benchmark.reporting.statistics import subject_draws
+from benchmark.reporting.summaries import (
+    Bootstrap,
+    FixedTestSet,
+    comparisons,
+    entries,
+    localisation_results,
+    pathology_results,
+)
+from benchmark.results import Cell, write_json_atomic
+
+
+def _write_cell(out, method, fraction, fold, auprc, status="done"):
+    record = {
+        "method": method,
+        "protocol": "finetune",
+        "fraction": fraction,
+        "fold": fold,
+        "seed": 0,
+        "status": status,
+        "prevalence": 0.5,
+        "backbone": "3D ResNet18 (narrow), widths 8/8/16/32",
+        "profile": "smoke",
+        "config_hash": "x",
+    }
+    if status == "done":
+        record["metrics"] = {"auprc": auprc, "auroc": 0.5, "f1": 0.5}
+    else:
+        record["error"] = "pretraining failed: NonFiniteLossError"
+    write_json_atomic(Cell(method, "finetune", fraction, fold, 0).path(out), record)
+
+
+def test_report_tables_and_figure(tmp_path):
+    for fold, (a, b) in enumerate([(0.6, 0.7), (0.8, 0.9)]):
+        _write_cell(tmp_path, "scratch", 0.5, fold, a)
+        _write_cell(tmp_path, "simclr", 0.5, fold, b)
+        _write_cell(tmp_path, "scratch", 1.0, fold, b)
+    _write_cell(tmp_path, "simclr", 1.0, 0, None, status="failed")
+
+    report = write_report(tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "auprc.csv")
+    assert list(table.columns[:5]) == ["method", "fraction", "mean", "std", "n"]
+    simclr_half = table[(table.method == "simclr") & (table.fraction == 0.5)].iloc[0]
+    assert simclr_half["mean"] == pytest.approx(0.8) and simclr_half["n"] == 2
+    assert simclr_half["std"] == pytest.approx(pd.Series([0.7, 0.9]).std(), abs=1e-6)
+    failed = table[(table.method == "simclr") & (table.fraction == 1.0)].iloc[0]
+    assert failed["n"] == 0 and failed["failed"] == 1 and pd.isna(failed["mean"])
+
+    markdown = (tmp_path / "tables" / "auprc.md").read_text()
+    assert "**0.800 ± 0.141**" in markdown  # best of its column in bold
+    assert "| simclr | **0.800 ± 0.141** | failed |" in markdown
+    assert "profile smoke" in markdown and "widths 8/8/16/32" in markdown
+    latex = (tmp_path / "tables" / "auprc.tex").read_text()
+    assert "\\toprule" in latex and "\\textbf{0.800 $\\pm$ 0.141}" in latex
+    assert (tmp_path / "figures" / "auprc_vs_fraction.png").stat().st_size > 10_000
+    assert report.markdown == markdown
+
+
+def test_report_of_an_empty_folder_says_what_to_do(tmp_path):
+    with pytest.raises(EmptyReportError, match="run `ssl3d run --out"):
+        write_report(tmp_path)
+
+
+# Synthetic run folders with predictions: 24 test subjects, both sinuses, known pathologies.
+SUBJECTS = [f"S{i:02d}" for i in range(24)]
+FINDINGS = ["polyp", "retention_cyst", "mucosal_thickening;polyp"]
+
+
+def _volumes(pathologies=True):
+    rng = np.random.default_rng(0)
+    volumes = []
+    for subject, side in itertools.product(SUBJECTS, "LR"):
+        label = int(rng.random() < 0.5)
+        finding = FINDINGS[rng.integers(3)] if label and pathologies else ""
+        volumes.append({"subject_id": subject, "side": side, "label": label, "pathology": finding})
+    return volumes
+
+
+def _scores(kind, volumes, seed):
+    rng = np.random.default_rng(seed)
+    labels = np.array([v["label"] for v in volumes])
+    if kind == "perfect":
+        return 0.6 + 0.3 * labels + 0.05 * rng.random(len(labels))
+    if kind == "good":
+        return labels * 0.3 + rng.random(len(labels))
+    return rng.random(len(labels))  # "random"
+
+
+def _write_scored_cell(out, method, kind, fraction, fold, seed, protocol="finetune", **extra):
+    volumes = extra.pop("volumes", None) or _volumes()
+    scores = _scores(kind, volumes, seed=hash((fraction, fold, seed)) % 2**32)
+    labels = torch.tensor([v["label"] for v in volumes])
+    predictions = [{**v, "score": float(s)} for v, s in zip(volumes, scores, strict=True)]
+    record = {
+        "method": method,
+        "protocol": protocol,
+        "fraction": fraction,
+        "fold": fold,
+        "seed": seed,
+        "status": "done",
+        "metrics": classification_metrics(torch.tensor(scores), labels, 0.75),
+        "prevalence": float(labels.float().mean()),
+        "threshold": 0.75,
+        "predictions": predictions,
+        "backbone": "3D ResNet18 (narrow), widths 8/8/16/32",
+        "profile": "smoke",
+        **extra,
+    }
+    write_json_atomic(Cell(method, protocol, fraction, fold, seed).path(out), record)
+    return record
+
+
+@pytest.fixture(scope="module")
+def perfect_vs_random(tmp_path_factory):
+    """scratch scores at random, `copy` exactly like scratch, `perfect` ranks perfectly:
+    2 fractions x 5 folds x 2 seeds, so the Wilcoxon test over 10 pairs can be significant."""
+    out = tmp_path_factory.mktemp("perfect-vs-random")
+    for fraction, fold, seed in itertools.product([0.5, 1.0], range(5), range(2)):
+        _write_scored_cell(out, "scratch", "random", fraction, fold, seed)
+        _write_scored_cell(out, "copy", "random", fraction, fold, seed)
+        _write_scored_cell(out, "perfect", "perfect", fraction, fold, seed)
+    return out
+
+
+def test_perfect_scorer_is_significant_and_an_identical_method_is_not(perfect_vs_random):
+    results = collect(perfect_vs_random)
+    bootstrap = Bootstrap.run(results, FixedTestSet.of(results.records), 300, seed=0)
+    tests = comparisons(results.cells, "auprc", "scratch", bootstrap).set_index(
+        ["method", "fraction"]
+    )
+    for fraction in (0.5, 1.0):
+        perfect, copy = tests.loc[("perfect", fraction)], tests.loc[("copy", fraction)]
+        assert perfect["pairs"] == 10 and perfect["difference"] > 0.3
+        assert perfect["p_bootstrap_holm"] < 0.05 and perfect["p_wilcoxon_holm"] < 0.05
+        assert copy["difference"] == 0
+        assert copy["p_bootstrap"] == 1.0 and copy["p_wilcoxon"] == 1.0
+        assert copy["p_bootstrap_holm"] == 1.0 and copy["p_wilcoxon_holm"] == 1.0
+
+
+def test_report_marks_the_significant_method_and_prints_latex(perfect_vs_random, capsys):
+    main(["report", str(perfect_vs_random), "--format", "latex", "--bootstrap", "200"])
+    printed = capsys.readouterr().out
+    assert (
+        "\\begin{table}" in printed
+        and "\\toprule" in printed
+        and "$^{\\dagger\\ddagger}$" in printed
+    )
+    markdown = (perfect_vs_random / "tables" / "auprc.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in markdown.splitlines() if "|" in line}
+    assert rows["perfect"].count("†‡") == 2 and "†" not in rows["copy"] and "‡" not in rows["copy"]
+    assert markdown.index("| scratch |") < markdown.index("| copy |")  # reference first
+    assert "differs from scratch" in markdown and "over the 4 comparisons" in markdown
+    table = pd.read_csv(perfect_vs_random / "tables" / "auprc.csv")
+    assert list(table.columns[:6]) == ["method", "fraction", "mean", "std", "n", "failed"]
+    assert table.columns[-1] == "protocol"
+    for name in ("auroc", "f1", "pathology", "localisation"):
+        assert (perfect_vs_random / "tables" / f"{name}.csv").exists() == (name != "localisation")
+    for name in ("summary.png", "summary.pdf", "pr_curves_f0.5.png", "auroc_vs_fraction.png"):
+        assert (perfect_vs_random / "figures" / name).stat().st_size > 10_000
+
+
+def _auprc(record):
+    predictions = pd.DataFrame(record["predictions"])
+    return average_precision_score(predictions["label"], predictions["score"])
+
+
+def test_bootstrap_ci_and_paired_p_equal_a_direct_resampling_loop(tmp_path):
+    for fold in range(3):
+        _write_scored_cell(tmp_path, "scratch", "random", 1.0, fold, 0)
+        _write_scored_cell(tmp_path, "simclr", "good", 1.0, fold, 0)
+    results = collect(tmp_path)
+    bootstrap = Bootstrap.run(results, FixedTestSet.of(results.records), 40, seed=7)
+    summary = entries(results.cells, "auprc", bootstrap).set_index("method")
+    test = comparisons(results.cells, "auprc", "scratch", bootstrap).iloc[0]
+
+    cells = {
+        m: [results.records[(m, "finetune", 1.0, f, 0)] for f in range(3)] for m in summary.index
+    }
+    draws = subject_draws(len(SUBJECTS), 40, seed=7)  # indices into the sorted test subjects
+
+    def resampled(method, b):
+        values = []
+        for record in cells[method]:
+            volumes = pd.DataFrame(record["predictions"])
+            rows = np.concatenate(
+                [np.flatnonzero(volumes.subject_id == SUBJECTS[s]) for s in draws[b]]
+            )
+            drawn = volumes.iloc[rows]
+            values.append(average_precision_score(drawn["label"], drawn["score"]))
+        return np.mean(values)
+
+    replicates = {m: np.array([resampled(m, b) for b in range(40)]) for m in cells}
+    for method in cells:
+        assert summary.loc[method, "mean"] == pytest.approx(
+            np.mean([_auprc(r) for r in cells[method]])
+        )
+        expected = tuple(np.percentile(replicates[method], [2.5, 97.5]))
+        assert (summary.loc[method, "ci_low"], summary.loc[method, "ci_high"]) == pytest.approx(
+            expected
+        )
+    observed = summary.loc["simclr", "mean"] - summary.loc["scratch", "mean"]
+    assert test["difference"] == pytest.approx(observed)
+    extreme = np.abs(replicates["simclr"] - replicates["scratch"] - observed) >= abs(observed)
+    assert test["p_bootstrap"] == pytest.approx((1 + extreme.sum()) / 41)
+
+
+def _run_yaml(out, methods, fractions=(0.5, 1.0), folds=2, seeds=(0,)):
+    OmegaConf.save(
+        {
+            "methods": list(methods),
+            "finetune": {"protocols": ["finetune"]},
+            "splits": {"fractions": list(fractions), "folds": folds, "seeds": list(seeds)},
+        },
+        out / "run.yaml",
+    )
+
+
+def test_missing_and_failed_cells_are_shown_as_such_and_absent_sections_say_why(tmp_path):
+    _run_yaml(tmp_path, ["scratch", "simclr"])
+    volumes = _volumes(pathologies=False)
+    for fold in range(2):
+        _write_scored_cell(tmp_path, "scratch", "random", 0.5, fold, 0, volumes=volumes)
+        _write_scored_cell(tmp_path, "scratch", "random", 1.0, fold, 0, volumes=volumes)
+    _write_scored_cell(tmp_path, "simclr", "good", 0.5, 0, 0, volumes=volumes)  # fold 1 missing
+    _write_cell(tmp_path, "simclr", 1.0, 0, None, status="failed")  # fold 1 missing too
+    (tmp_path / "cells" / "simclr" / "finetune" / "f1" / "fold1").mkdir(parents=True)
+    (tmp_path / "cells" / "simclr" / "finetune" / "f1" / "fold1" / "seed0.json").write_text("{")
+
+    report = write_report(tmp_path, replicates=50)
+    table = pd.read_csv(tmp_path / "tables" / "auprc.csv").set_index(["method", "fraction"])
+    assert table.loc[("simclr", 0.5), ["n", "failed", "missing"]].tolist() == [1, 0, 1]
+    assert table.loc[("simclr", 1.0), ["n", "failed", "missing"]].tolist() == [0, 1, 1]
+    assert pd.isna(table.loc[("simclr", 1.0), "mean"])
+    row = next(line for line in report.markdown.splitlines() if line.startswith("| simclr"))
+    assert "(1 missing)" in row and row.endswith("| failed/missing |")
+    notes = " ".join(report.notes)
+    assert "seed0.json is not a readable cell file" in notes
+    assert "records no pathologies" in notes and "localisation skipped" in notes
+    assert not (tmp_path / "tables" / "pathology.csv").exists()
+    assert "## Notes" in (tmp_path / "report.md").read_text()
+
+
+def test_cells_of_several_configurations_are_refused_with_the_reason(tmp_path):
+    _write_scored_cell(tmp_path, "scratch", "random", 1.0, 0, 0)
+    _write_scored_cell(tmp_path, "simclr", "good", 1.0, 0, 0, profile="quick")
+    with pytest.raises(MixedConfigurationError, match="the profile differs: smoke in 1 cell"):
+        write_report(tmp_path)
+
+    settings = {"protocol": {"lr": 1e-4, "batch_size": 16}, "data": {"test": "abc"}}
+    _write_scored_cell(tmp_path, "simclr", "good", 1.0, 0, 0, config=settings)
+    settings = {"protocol": {"lr": 3e-4, "batch_size": 16}, "data": {"test": "abc"}}
+    _write_scored_cell(tmp_path, "simclr", "good", 1.0, 1, 0, config=settings)
+    with pytest.raises(MixedConfigurationError, match=r"protocol 'finetune' differs: lr=0\.0001"):
+        collect(tmp_path)
+
+
+def test_per_finding_results_equal_a_direct_computation(tmp_path):
+    records = [_write_scored_cell(tmp_path, "simclr", "good", 1.0, f, 0) for f in range(2)]
+    results = collect(tmp_path)
+    bootstrap = Bootstrap.run(results, FixedTestSet.of(results.records), 50, seed=0)
+    table = pathology_results(results, bootstrap).set_index("finding")
+    assert list(table.index) == ["normal", "mucosal_thickening", "polyp", "retention_cyst"]
+    for finding in ("polyp", "retention_cyst"):
+        auprc, recall = [], []
+        for record in records:
+            volumes = pd.DataFrame(record["predictions"])
+            has = volumes["pathology"].str.split(";").apply(lambda f, x=finding: x in f)
+            subset = volumes[has | (volumes["label"] == 0)]
+            auprc.append(average_precision_score(subset["label"], subset["score"]))
+            recall.append((volumes.loc[has, "score"] >= record["threshold"]).mean())
+        assert table.loc[finding, "auprc_mean"] == pytest.approx(np.mean(auprc))
+        assert table.loc[finding, "recall_mean"] == pytest.approx(np.mean(recall))
+    specificity = [r["metrics"]["specificity"] for r in records]
+    assert table.loc["normal", "recall_mean"] == pytest.approx(np.mean(specificity))
+    polyp = sum("polyp" in v["pathology"] for v in records[0]["predictions"])
+    assert table.loc["polyp", "volumes"] == polyp
+
+
+def test_localisation_results_average_volumes_then_cells(tmp_path):
+    hits = [[1.0, 0.0, 0.5], [1.0, 1.0, 1.0]]
+    for fold in range(2):
+        volumes = [
+            {"subject_id": f"S{i}", "side": "L", "pathology": "polyp" if i else "retention_cyst",
+             "voxel_auprc": 0.1 * (i + 1), "pointing_hit": hits[fold][i], "mask_fraction": 0.02}
+            for i in range(3)
+        ]  # fmt: skip
+        localisation = {"stage": "layer3", "volumes": volumes}
+        _write_scored_cell(tmp_path, "simclr", "good", 1.0, fold, 0, localisation=localisation)
+    table = localisation_results(collect(tmp_path)).set_index("finding")
+    assert table.loc["all", "pointing_game_mean"] == pytest.approx((0.5 + 1.0) / 2)
+    assert table.loc["polyp", "pointing_game_mean"] == pytest.approx((0.25 + 1.0) / 2)
+    assert table.loc["all", "voxel_auprc_mean"] == pytest.approx(0.2)
+    assert table.loc["all", "chance"] == pytest.approx(0.02) and table.loc["all", "cells"] == 2
+
+
+def test_fold_scoped_pretrainings_are_one_configuration_unless_a_unit_differs(tmp_path):
+    def pretraining(fold, lr=1e-3, pool="p"):
+        return {
+            "method": "residual", "seed": 0, "fold": fold, "settings": {"filter": 5},
+            "pretrain": {"lr": lr}, "data": {"fold_training": f"rows{fold}", "pool": pool},
+        }  # fmt: skip
+
+    for fold in range(2):
+        config = {"pretraining": pretraining(fold)}
+        _write_scored_cell(tmp_path, "residual", "good", 1.0, fold, 0, config=config)
+    assert len(collect(tmp_path).records) == 2
+    config = {"pretraining": pretraining(1, pool="q")}
+    _write_scored_cell(tmp_path, "residual", "good", 0.5, 1, 0, config=config)
+    with pytest.raises(MixedConfigurationError, match=r"'residual' \(seed 0, fold 1\) differs"):
+        collect(tmp_path)
+    config = {"pretraining": pretraining(1, lr=1.0)}
+    _write_scored_cell(tmp_path, "residual", "good", 0.5, 1, 0, config=config)
+    with pytest.raises(MixedConfigurationError, match="pretraining settings of 'residual'"):
+        collect(tmp_path)
+
+
+def test_report_prints_the_chosen_metric_as_csv(perfect_vs_random, capsys):
+    main(["report", str(perfect_vs_random), "--format", "csv", "--metric", "auroc"])
+    printed = capsys.readouterr().out
+    table = (perfect_vs_random / "tables" / "auroc.csv").read_text()
+    assert table in printed and table.startswith("method,fraction,mean,std,n,failed")
