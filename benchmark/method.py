@@ -36,7 +36,13 @@ from benchmark.nn.backbone import ResNet18
 from benchmark.nn.optimizers import build_optimizer, fused_optimizer
 from benchmark.nn.randomness import SeededStream
 
-__all__ = ["MethodConfigError", "NonFiniteLossError", "PretrainingContext", "SSLMethod"]
+__all__ = [
+    "MethodConfigError",
+    "NonFiniteLossError",
+    "PretrainingContext",
+    "SSLMethod",
+    "TwoViewMethod",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -209,3 +215,29 @@ class SSLMethod(SeededStream):
             optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class TwoViewMethod(SSLMethod):
+    """A method that compares two random views of every volume (SimCLR and its successors).
+
+    The shared part of SimCLR, BYOL, SimSiam, MoCo, Barlow Twins, VICReg and the as-released
+    BYOL: two independent views per volume (``two_views``), each embedded by backbone and
+    ``self.projection`` (``project``), and batches of at least two volumes, since their losses
+    or BatchNorm layers take statistics over the batch (``batch_statistics`` says which).
+    Subclasses build ``self.projection`` and state their loss.
+    """
+
+    batch_statistics: ClassVar[str] = "BatchNorm in its projector normalises over the batch"
+
+    def check_settings(self, batch_size: int) -> None:
+        self.require_batches_of(batch_size, 2, self.batch_statistics)
+
+    def two_views(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Two independent random views of each volume, the first drawn first."""
+        first, _ = self.augment(images)
+        second, _ = self.augment(images)
+        return first, second
+
+    def project(self, view: Tensor) -> Tensor:
+        """The projector's embedding of a view ``[B, D]``."""
+        return self.projection(self.backbone(view))

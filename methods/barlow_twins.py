@@ -4,12 +4,12 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from torch import Tensor
 
-from benchmark.method import SSLMethod
+from benchmark.method import TwoViewMethod
 from benchmark.registry import register_method
 
 
 @register_method("barlow_twins")
-class BarlowTwins(SSLMethod):
+class BarlowTwins(TwoViewMethod):
     """Barlow Twins: the two views' embeddings have an identity cross-correlation matrix.
 
     Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
@@ -20,6 +20,7 @@ class BarlowTwins(SSLMethod):
     """
 
     reference = "Zbontar et al., ICML 2021 (arXiv:2103.03230)"
+    batch_statistics = "its loss standardises every embedding dimension over the batch"
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
@@ -32,13 +33,6 @@ class BarlowTwins(SSLMethod):
             lambda_param=settings.redundancy_weight, gather_distributed=True
         )
 
-    def check_settings(self, batch_size: int) -> None:
-        self.require_batches_of(
-            batch_size, 2, "its loss standardises every embedding dimension over the batch"
-        )
-
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        images = batch["image"]
-        views = [self.augment(images)[0] for _ in range(2)]
-        first, second = (self.projection(self.backbone(view)) for view in views)
+        first, second = (self.project(view) for view in self.two_views(batch["image"]))
         return {"loss": self.criterion(first, second), "embedding_std": self.embedding_std(first)}

@@ -6,14 +6,14 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor
 
 from benchmark.errors import MethodConfigError
-from benchmark.method import SSLMethod
+from benchmark.method import TwoViewMethod
 from benchmark.nn.backbone import ResNet18
 from benchmark.nn.momentum import MomentumCopy, check_momentum, scheduled_momentum
 from benchmark.registry import register_method
 
 
 @register_method("byol")
-class BYOL(SSLMethod):
+class BYOL(TwoViewMethod):
     """BYOL: an online network predicts an EMA target's projection of another view.
 
     Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
@@ -27,6 +27,7 @@ class BYOL(SSLMethod):
     """
 
     reference = "Grill et al., NeurIPS 2020 (arXiv:2006.07733)"
+    batch_statistics = "BatchNorm in its projector and predictor normalises over the batch"
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
@@ -46,15 +47,9 @@ class BYOL(SSLMethod):
         """The online backbone (the paper's choice), or the target's with ``encoder: target``."""
         return self.target["backbone"] if self.settings.encoder == "target" else self.backbone
 
-    def check_settings(self, batch_size: int) -> None:
-        self.require_batches_of(
-            batch_size, 2, "BatchNorm in its projector and predictor normalises over the batch"
-        )
-
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        images = batch["image"]
-        views = [self.augment(images)[0] for _ in range(2)]
-        projections = [self.projection(self.backbone(view)) for view in views]
+        views = self.two_views(batch["image"])
+        projections = [self.project(view) for view in views]
         predictions = [self.prediction(projection) for projection in projections]
         with torch.no_grad():
             targets = [self.target["projection"](self.target["backbone"](v)) for v in views]

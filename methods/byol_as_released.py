@@ -4,12 +4,12 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLProjectionHead
 from torch import Tensor
 
-from benchmark.method import SSLMethod
+from benchmark.method import TwoViewMethod
 from benchmark.registry import register_method
 
 
 @register_method("byol_as_released")
-class BYOLAsReleased(SSLMethod):
+class BYOLAsReleased(TwoViewMethod):
     """The reference code's "BYOL"/"SimSiam": a siamese projector, no predictor, no EMA target.
 
     Not a published method: the code path that produced the BYOL and SimSiam numbers of
@@ -22,6 +22,7 @@ class BYOLAsReleased(SSLMethod):
     """
 
     reference = "as released with Bhattacharya et al., Int J CARS 2024; see byol and simsiam"
+    batch_statistics = "BatchNorm in its projector normalises over the batch"
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
@@ -30,15 +31,8 @@ class BYOLAsReleased(SSLMethod):
         )
         self.criterion = NegativeCosineSimilarity()
 
-    def check_settings(self, batch_size: int) -> None:
-        self.require_batches_of(
-            batch_size, 2, "BatchNorm in its projector normalises over the batch"
-        )
-
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        images = batch["image"]
-        views = [self.augment(images)[0] for _ in range(2)]
-        first, second = (self.projection(self.backbone(view)) for view in views)
+        first, second = (self.project(view) for view in self.two_views(batch["image"]))
         loss = 0.5 * (
             self.criterion(first, second.detach()) + self.criterion(second, first.detach())
         )

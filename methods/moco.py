@@ -6,13 +6,13 @@ from lightly.models.modules import MoCoProjectionHead
 from torch import Tensor
 
 from benchmark.errors import MethodConfigError
-from benchmark.method import SSLMethod
+from benchmark.method import TwoViewMethod
 from benchmark.nn.momentum import MomentumCopy, check_momentum, scheduled_momentum
 from benchmark.registry import register_method
 
 
 @register_method("moco")
-class MoCo(SSLMethod):
+class MoCo(TwoViewMethod):
     """MoCo v2: a query must find its key, from a momentum encoder, among a queue of old keys.
 
     He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
@@ -24,6 +24,7 @@ class MoCo(SSLMethod):
     """
 
     reference = "He et al., CVPR 2020; Chen et al., arXiv:2003.04297 (v2)"
+    batch_statistics = "BatchNorm in the backbone normalises over the batch"
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
@@ -50,10 +51,8 @@ class MoCo(SSLMethod):
             queue.register_buffer(name, getattr(queue, name), persistent=True)
 
     def check_settings(self, batch_size: int) -> None:
+        super().check_settings(batch_size)
         settings = self.settings
-        self.require_batches_of(
-            batch_size, 2, "BatchNorm in the backbone normalises over the batch"
-        )
         if settings.queue_size <= 0 or settings.queue_size % batch_size:
             raise MethodConfigError(
                 f"method.moco.queue_size ({settings.queue_size}) must be a positive multiple of "
@@ -70,9 +69,8 @@ class MoCo(SSLMethod):
             )
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        images = batch["image"]
-        first, second = (self.augment(images)[0] for _ in range(2))
-        queries = self.projection(self.backbone(first))
+        first, second = self.two_views(batch["image"])
+        queries = self.project(first)
         with torch.no_grad():
             keys = self.target["projection"](self.target["backbone"](second))
         return {

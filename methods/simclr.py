@@ -5,12 +5,12 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
 from benchmark.errors import MethodConfigError
-from benchmark.method import SSLMethod
+from benchmark.method import TwoViewMethod
 from benchmark.registry import register_method
 
 
 @register_method("simclr")
-class SimCLR(SSLMethod):
+class SimCLR(TwoViewMethod):
     """SimCLR: two augmented views of a volume attract, every other volume repels (NT-Xent).
 
     Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
@@ -18,6 +18,7 @@ class SimCLR(SSLMethod):
     """
 
     reference = "Chen et al., ICML 2020 (arXiv:2002.05709)"
+    batch_statistics = "the other volumes of a batch are the negatives"
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
@@ -31,15 +32,8 @@ class SimCLR(SSLMethod):
         # gather_distributed: under data-parallel training every rank's volumes are negatives.
         self.criterion = NTXentLoss(temperature=settings.temperature, gather_distributed=True)
 
-    def check_settings(self, batch_size: int) -> None:
-        self.require_batches_of(batch_size, 2, "the other volumes of a batch are the negatives")
-
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        images = batch["image"]
-        first, _ = self.augment(images)
-        second, _ = self.augment(images)
-        z_first = self.projection(self.backbone(first))
-        z_second = self.projection(self.backbone(second))
+        z_first, z_second = (self.project(view) for view in self.two_views(batch["image"]))
         return {
             "loss": self.criterion(z_first, z_second),
             "embedding_std": self.embedding_std(z_first),

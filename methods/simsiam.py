@@ -4,12 +4,12 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from benchmark.method import SSLMethod
+from benchmark.method import TwoViewMethod
 from benchmark.registry import register_method
 
 
 @register_method("simsiam")
-class SimSiam(SSLMethod):
+class SimSiam(TwoViewMethod):
     """SimSiam: one view's prediction matches the other's projection, with a stop-gradient.
 
     Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021. One network
@@ -20,6 +20,7 @@ class SimSiam(SSLMethod):
     """
 
     reference = "Chen & He, CVPR 2021 (arXiv:2011.10566)"
+    batch_statistics = "BatchNorm in its projector and predictor normalises over the batch"
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
@@ -28,15 +29,8 @@ class SimSiam(SSLMethod):
         self.prediction = SimSiamPredictionHead(output, settings.prediction_hidden_dim, output)
         self.criterion = NegativeCosineSimilarity()
 
-    def check_settings(self, batch_size: int) -> None:
-        self.require_batches_of(
-            batch_size, 2, "BatchNorm in its projector and predictor normalises over the batch"
-        )
-
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        images = batch["image"]
-        views = [self.augment(images)[0] for _ in range(2)]
-        projections = [self.projection(self.backbone(view)) for view in views]
+        projections = [self.project(view) for view in self.two_views(batch["image"])]
         predictions = [self.prediction(projection) for projection in projections]
         loss = 0.5 * (
             self.criterion(predictions[0], projections[1].detach())

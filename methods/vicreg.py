@@ -8,7 +8,7 @@ from lightly.models.modules.heads import VICRegProjectionHead
 from lightly.utils.dist import gather
 from torch import Tensor
 
-from benchmark.method import SSLMethod
+from benchmark.method import TwoViewMethod
 from benchmark.registry import register_method
 
 
@@ -41,7 +41,7 @@ class VICRegCriterion(VICRegLoss):
 
 
 @register_method("vicreg")
-class VICReg(SSLMethod):
+class VICReg(TwoViewMethod):
     """VICReg: invariance between views, variance kept above 1, covariance driven to 0.
 
     Bardes, Ponce & LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
@@ -52,6 +52,7 @@ class VICReg(SSLMethod):
     """
 
     reference = "Bardes et al., ICLR 2022 (arXiv:2105.04906)"
+    batch_statistics = "its variance and covariance terms are statistics over the batch"
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
@@ -65,13 +66,6 @@ class VICReg(SSLMethod):
             gather_distributed=True,  # variance and covariance over every rank's embeddings
         )
 
-    def check_settings(self, batch_size: int) -> None:
-        self.require_batches_of(
-            batch_size, 2, "its variance and covariance terms are statistics over the batch"
-        )
-
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        images = batch["image"]
-        views = [self.augment(images)[0] for _ in range(2)]
-        first, second = (self.projection(self.backbone(view)) for view in views)
+        first, second = (self.project(view) for view in self.two_views(batch["image"]))
         return {"loss": self.criterion(first, second), "embedding_std": self.embedding_std(first)}
