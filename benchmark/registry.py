@@ -12,6 +12,7 @@ Adding a method never edits the harness.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterator
@@ -53,7 +54,9 @@ class Registry(Generic[T]):
 
         def add(value: T) -> T:
             existing = self._entries.get(name)
-            if existing is not None and _qualname(existing) != _qualname(value):
+            # The same class imported twice (a module reloaded, a file reached by two paths) is
+            # no conflict; two different classes are.
+            if existing is not None and _qualname(existing, False) != _qualname(value, False):
                 raise ValueError(
                     f"{self.kind} name {name!r} is registered twice: by {_qualname(existing)} "
                     f"and by {_qualname(value)}"
@@ -83,13 +86,49 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def copy(self) -> Registry[T]:
+        """A registry with the same entries (changes to it leave this one alone)."""
+        twin = copy.copy(self)
+        twin._entries = dict(self._entries)
+        return twin
 
-def _qualname(value: Any) -> str:
-    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+
+def _qualname(value: Any, with_module: bool = True) -> str:
+    name = getattr(value, "__qualname__", repr(value))
+    return f"{getattr(value, '__module__', '')}.{name}" if with_module else name
 
 
-_METHODS: Registry[type] = Registry("method", error=UnknownMethodError)
-_discovered = False
+class MethodRegistry(Registry[type]):
+    """SSL method classes by name: the modules of ``methods/`` and the ``ssl3d.methods`` entry
+    points, discovered on first use."""
+
+    def __init__(self):
+        super().__init__("method", error=UnknownMethodError)
+        self.discovered = False
+
+    def discover(self) -> None:
+        """Import every built-in method module and load every entry-point plugin (once)."""
+        if self.discovered:
+            return
+        self.discovered = True
+        builtin = importlib.import_module("benchmark.methods")
+        for module in pkgutil.iter_modules(builtin.__path__):
+            importlib.import_module(f"{builtin.__name__}.{module.name}")
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            cls = entry_point.load()
+            if getattr(cls, "name", None) not in self:
+                register_method(entry_point.name)(cls)
+
+    def get(self, name: str) -> type:
+        self.discover()
+        return super().get(name)
+
+    def items(self) -> Iterator[tuple[str, type]]:
+        self.discover()
+        return super().items()
+
+
+METHODS = MethodRegistry()
 
 
 def register_method(name: str) -> Callable[[type], type]:
@@ -103,37 +142,21 @@ def register_method(name: str) -> Callable[[type], type]:
         raise ValueError(f"method name {name!r} must be a Python identifier (a-z, 0-9, _)")
 
     def register(cls: type) -> type:
-        _METHODS.register(name, cls)
+        METHODS.register(name, cls)
         cls.name = name
         return cls
 
     return register
 
 
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    builtin = importlib.import_module("benchmark.methods")
-    for module in pkgutil.iter_modules(builtin.__path__):
-        importlib.import_module(f"{builtin.__name__}.{module.name}")
-    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        cls = entry_point.load()
-        if getattr(cls, "name", None) not in _METHODS:
-            register_method(entry_point.name)(cls)
-
-
 def available_methods() -> dict[str, type]:
     """Every registered ``SSLMethod`` class, built-in first, by name."""
-    _discover()
-    return dict(_METHODS.items())
+    return dict(METHODS.items())
 
 
 def get_method(name: str) -> type:
     """The ``SSLMethod`` class registered under ``name``; an unknown name lists the known ones."""
-    _discover()
-    return _METHODS.get(name)
+    return METHODS.get(name)
 
 
 def method_config_file(name: str, cls: type) -> Path | None:

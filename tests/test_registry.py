@@ -26,7 +26,9 @@ def test_unknown_method_lists_the_known_ones():
         get_method("simclear")
 
 
-def test_a_name_cannot_be_registered_by_two_classes():
+def test_a_name_cannot_be_registered_by_two_classes(monkeypatch):
+    monkeypatch.setattr(registry, "METHODS", registry.METHODS.copy())
+
     class First(SSLMethod):
         """first"""
 
@@ -34,11 +36,8 @@ def test_a_name_cannot_be_registered_by_two_classes():
         """second"""
 
     register_method("twice_for_test")(First)
-    try:
-        with pytest.raises(ValueError, match="registered twice"):
-            register_method("twice_for_test")(Second)
-    finally:
-        registry._METHODS.pop("twice_for_test")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method("twice_for_test")(Second)
 
 
 def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
@@ -59,8 +58,9 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-ssl-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[ssl3d.methods]\nrotations = my_ssl_plugin:Rotations\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_discovered", False)
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    methods = registry.METHODS.copy()
+    methods.discovered = False
+    monkeypatch.setattr(registry, "METHODS", methods)
     try:
         assert get_method("rotations").summary().startswith("An external plugin")
     finally:

@@ -260,18 +260,18 @@ def _fit_steps(
     return module, timer.times
 
 
-def _overhead(real_times: np.ndarray, compute_times: np.ndarray) -> float:
+def data_overhead(real_times: np.ndarray, compute_times: np.ndarray) -> float:
     """1 - real / compute-only rate, rates being the batch over the median step time."""
     return max(0.0, 1 - float(np.median(compute_times) / np.median(real_times)))
 
 
-def _overhead_interval(
+def data_overhead_interval(
     real_times: np.ndarray, compute_times: np.ndarray, resamples: int = 2000
 ) -> tuple[float, float]:
-    """95 % bootstrap interval of ``_overhead`` (the steps of each path resampled)."""
+    """95 % bootstrap interval of ``data_overhead`` (the steps of each path resampled)."""
     generator = np.random.default_rng(0)
     overheads = [
-        _overhead(
+        data_overhead(
             generator.choice(real_times, len(real_times)),
             generator.choice(compute_times, len(compute_times)),
         )
@@ -365,8 +365,8 @@ def measure_fast_path(
         batch=batch,
         volumes_per_s=round(rate, 2),
         volumes_per_s_compute_only=round(batch / float(np.median(compute)), 2),
-        data_overhead=round(_overhead(real, compute), 4),
-        data_overhead_ci=tuple(round(bound, 4) for bound in _overhead_interval(real, compute)),
+        data_overhead=round(data_overhead(real, compute), 4),
+        data_overhead_ci=tuple(round(bound, 4) for bound in data_overhead_interval(real, compute)),
         peak_mem_mb=round(_peak_memory_mb(device), 1),
         tflops=None if tflops is None else round(tflops, 2),
         mfu=None if mfu is None else round(mfu, 4),

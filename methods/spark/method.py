@@ -136,7 +136,7 @@ class SparK(SSLMethod):
         """
         targets = targets.float()
         if self.settings.normalize_target:
-            mean, std = _cell_statistics(targets, self.cell)
+            mean, std = cell_statistics(targets, self.cell)
             targets = (targets - mean) / std
         error = F.avg_pool3d((reconstruction.float() - targets) ** 2, self.cell)  # [B, 1, g^3]
         masked = ~cells
@@ -157,7 +157,7 @@ class SparK(SSLMethod):
         prediction = self.reconstruct(images, visible).float()
         self.train(was_training)
         if self.settings.normalize_target:
-            mean, std = _cell_statistics(images.float(), self.cell)
+            mean, std = cell_statistics(images.float(), self.cell)
             prediction = prediction * std + mean
         columns = {
             "masked input": images * visible,
@@ -203,7 +203,7 @@ def _expand(cells: Tensor, cell: int) -> Tensor:
     return cells.repeat_interleave(cell, 2).repeat_interleave(cell, 3).repeat_interleave(cell, 4)
 
 
-def _cell_statistics(volumes: Tensor, cell: int) -> tuple[Tensor, Tensor]:
+def cell_statistics(volumes: Tensor, cell: int) -> tuple[Tensor, Tensor]:
     """Per-cell mean and std (unbiased, + 1e-6 under the root as in SparK), voxel-sized."""
     count = cell**3
     mean = F.avg_pool3d(volumes, cell)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from benchmark.methods.spark.method import _cell_statistics
+from benchmark.methods.spark.method import cell_statistics
 from benchmark.methods.spark.sparse import MaskContext, SparseBatchNorm3d, sparsify
 
 from benchmark.config import load_config
@@ -183,7 +183,7 @@ def test_masked_cell_loss_is_the_mean_error_of_the_masked_cells(normalize):
     reconstruction = torch.rand(3, 1, 32, 32, 32)
     cells = method.random_cells(targets, torch.Generator().manual_seed(0))
     if normalize:
-        mean, std = _cell_statistics(targets, method.cell)
+        mean, std = cell_statistics(targets, method.cell)
         targets_seen = (targets - mean) / std
     else:
         targets_seen = targets

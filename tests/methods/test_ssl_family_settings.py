@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from benchmark.methods.vicreg import VICRegCriterion
 from lightly.loss import VICRegLoss
 from lightly.models.utils import update_momentum
 from lightly.utils.lars import LARS as LightlyLARS
@@ -14,7 +15,6 @@ from benchmark.method import MethodConfigError
 from benchmark.nn.lars import LARS
 from benchmark.nn.momentum import MomentumCopy, move_towards, scheduled_momentum
 from benchmark.training.pretrain import build_method
-from methods.vicreg import VICRegCriterion
 
 FAMILY = ["simclr", "byol", "simsiam", "byol_as_released", "moco", "barlow_twins", "vicreg"]
 

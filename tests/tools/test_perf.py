@@ -9,7 +9,12 @@ from scipy import stats
 
 from benchmark.cli import main
 from benchmark.config import load_config, pretraining_settings
-from benchmark.tools.perf import Throughput, _overhead, _overhead_interval, estimate_paper_grid
+from benchmark.tools.perf import (
+    Throughput,
+    data_overhead,
+    data_overhead_interval,
+    estimate_paper_grid,
+)
 
 FIELDS = {
     "method",
@@ -94,8 +99,8 @@ def test_data_overhead_and_its_interval_match_an_independent_bootstrap():
     generator = np.random.default_rng(1)
     compute = generator.normal(0.100, 0.01, 40)
     real = generator.normal(0.125, 0.0125, 40)
-    assert _overhead(real, compute) == pytest.approx(1 - np.median(compute) / np.median(real))
-    low, high = _overhead_interval(real, compute)
+    assert data_overhead(real, compute) == pytest.approx(1 - np.median(compute) / np.median(real))
+    low, high = data_overhead_interval(real, compute)
     reference = stats.bootstrap(
         (real, compute),
         lambda r, c: 1 - np.median(c) / np.median(r),
@@ -108,4 +113,4 @@ def test_data_overhead_and_its_interval_match_an_independent_bootstrap():
     assert high == pytest.approx(reference.high, abs=0.015)
     assert low < 0.2 < high and high - low < 0.15
     # A real path no slower than the compute-only one has no overhead, not a negative one.
-    assert _overhead(compute, real) == 0.0
+    assert data_overhead(compute, real) == 0.0

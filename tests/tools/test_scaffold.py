@@ -21,7 +21,7 @@ def scaffolded(tmp_path, monkeypatch):
         "my_rotations", tmp_path / "methods" / "my_rotations.py"
     )
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setattr(registry, "_METHODS", dict(registry.available_methods()))
+    monkeypatch.setattr(registry, "METHODS", registry.METHODS.copy())
     spec.loader.exec_module(module)
     cls = registry.get_method("my_rotations")
     monkeypatch.setattr(
