@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from benchmark.training.runtime import RuntimeSettingError
+from benchmark.errors import RuntimeSettingError
 
 
 class EpochShuffle(Sampler[int]):
