@@ -1,7 +1,7 @@
 """Batches straight from an in-memory cohort tensor: one indexing operation per batch.
 
 Volumes are small (64^3 float32 = 1 MiB), so a whole cohort lives in memory (on the GPU when it
-fits) and a batch is a gather, not a per-sample decode in worker processes (DESIGN.md,
+fits) and a batch is a gather, not a per-sample decode in worker processes (docs/design.md,
 "Performance stance"). Augmented views are made later, batched, on the training device.
 """
 

@@ -39,7 +39,7 @@ def check_manifest(
 ) -> CheckReport:
     """Check the manifest at `path` and all its files; summarise what loads.
 
-    `preprocessing` (default: the paper's, PROTOCOL.md) decides the crop that must fit inside
+    `preprocessing` (default: the paper's, docs/protocol.md) decides the crop that must fit inside
     each volume; `cache_dir` and `workers` are passed to `load_cohort`. Besides the problems
     of `read_manifest` and `load_volume`, a mask that disagrees with its label (a normal sinus
     whose mask marks voxels, an anomalous one whose mask marks none) is a problem too.

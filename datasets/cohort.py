@@ -1,7 +1,7 @@
 """A whole cohort in memory: every manifest row preprocessed once, cached on disk as one file.
 
 Volumes are small (64^3 float32 = 1 MiB), so a cohort of a few thousand sinuses fits in (GPU)
-memory (DESIGN.md, "Performance stance"). Preprocessing runs once, in parallel processes; the
+memory (docs/design.md, "Performance stance"). Preprocessing runs once, in parallel processes; the
 result is stored as one file under `cache_dir`, keyed by the preprocessing settings, the parts
 of the manifest that shape the tensors and every file's size and modification time, so that a
 second load only reads that file.

@@ -1,6 +1,6 @@
 """The cohort manifest: a CSV with one row per volume, read and validated row by row.
 
-The manifest is the one place where a user describes their cohort (DESIGN.md, "Data manifest").
+The manifest is the one place where a user describes their cohort (docs/design.md, "Data manifest").
 `read_manifest` performs every check that needs only the CSV and the file system (columns,
 values, duplicates, conflicting labels, files that do not exist); checks that need a volume's
 content (dimensions, finiteness, crop inside the volume) happen when the volume is loaded

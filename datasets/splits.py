@@ -1,6 +1,6 @@
 """Subject-grouped, stratified splits: a fixed test set, k folds per seed, nested label fractions.
 
-PROTOCOL.md: a 30 % stratified test set, 5-fold stratified CV on the rest, label fractions of
+docs/protocol.md: a 30 % stratified test set, 5-fold stratified CV on the rest, label fractions of
 10/20/40/60/80/100 % of each fold's training set. Unlike the reference code, every split here
 is grouped by subject (a subject's two sinuses never straddle partitions), the label fractions
 are nested (10 % lies inside 20 %) per fold and per seed, and there are several seeds.
@@ -59,7 +59,7 @@ def make_splits(
     `table` needs `subject_id` and `label` (rows without a label are ignored). `fractions` are
     sorted and 1.0 is added when missing, so that every training subject has a fraction. The
     test set depends on `test_seed` only: it is identical for every seed and fold, so one
-    pretraining can exclude it once (docs/architecture.md).
+    pretraining can exclude it once (docs/contracts.md, "Split file").
     """
     fractions = _check_arguments(test, folds, seeds, fractions)
     subjects = subject_labels(table)
@@ -331,7 +331,7 @@ def training_subjects(splits: pd.DataFrame, seed: int, fold: int, fraction: floa
 
 
 def check_pretraining_pool(splits: pd.DataFrame, pretraining_subject_ids) -> None:
-    """Refuse a pretraining pool that contains any test subject (DESIGN.md, "Splits").
+    """Refuse a pretraining pool that contains any test subject (docs/design.md, "Splits").
 
     Pretraining on test subjects would let the encoder see test data; the harness calls this
     before every pretraining. Raises a LeakError naming the offending subjects.

@@ -1,4 +1,4 @@
-"""One NIfTI volume -> one preprocessed sinus sample, as in the paper (PROTOCOL.md, "Data").
+"""One NIfTI volume -> one preprocessed sinus sample, as in the paper (docs/protocol.md, "Data").
 
 The steps, in order: load with nibabel; reorient to canonical RAS+ so that axis 0 is the
 left-right axis whatever the file's own orientation; crop a `crop`-voxel cube around the
@@ -28,7 +28,7 @@ from .manifest import CENTROID_COLUMNS
 class Preprocessing:
     """How volumes become samples; every field is part of the cohort cache key.
 
-    Defaults follow PROTOCOL.md: a 65-voxel crop, 1st-99th percentile clipping, resize to 64^3,
+    Defaults follow docs/protocol.md: a 65-voxel crop, 1st-99th percentile clipping, resize to 64^3,
     right sinuses mirrored to look like left ones.
     """
 
@@ -209,7 +209,7 @@ class _Canonical:
 
 
 def _clip_and_rescale(data: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Clip to the given percentiles and rescale to [0, 1] (PROTOCOL.md: 1st-99th).
+    """Clip to the given percentiles and rescale to [0, 1] (docs/protocol.md: 1st-99th).
 
     When the percentiles coincide (a mostly constant sample with a few outliers) the minimum and
     maximum are used instead, so the sample is still rescaled rather than divided by zero.

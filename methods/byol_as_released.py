@@ -13,7 +13,7 @@ class BYOLAsReleased(TwoViewMethod):
     """The reference code's "BYOL"/"SimSiam": a siamese projector, no predictor, no EMA target.
 
     Not a published method: the code path that produced the BYOL and SimSiam numbers of
-    Bhattacharya et al. (Int J CARS 2024), per PROTOCOL.md. One network (backbone -> BYOL
+    Bhattacharya et al. (Int J CARS 2024), per docs/protocol.md. One network (backbone -> BYOL
     projector) embeds both views; loss: negative cosine similarity between the projections,
     the other view's projection taken as a constant (stop-gradient), averaged over both
     directions. Without BYOL's predictor and EMA target, or SimSiam's predictor, nothing

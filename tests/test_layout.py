@@ -2,6 +2,7 @@
 checked by import-linter in `make lint`)."""
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,20 @@ def test_a_plugin_written_against_the_flat_layout_still_registers_and_trains(tmp
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "3"
     assert "benchmark.backbone has moved to benchmark.nn.backbone" in done.stderr
+
+
+def test_every_cited_document_is_in_the_repository():
+    """Code and docs cite `docs/*.md` and upper-case notes (README.md ...) that must exist."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    cited = re.compile(r"(?<![\w/.-])(docs/[\w.-]+\.md|[A-Z][A-Z_]+\.md)\b")
+    missing = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".yaml", ".tmpl", ".cfg"} or not path.is_file():
+            continue
+        for document in set(cited.findall(path.read_text(errors="replace"))):
+            if not (ROOT / document).exists() and not (path.parent / document).exists():
+                missing.append(f"{name} cites {document}")
+    assert not missing, "\n".join(missing)

@@ -1,4 +1,4 @@
-"""The ``finetune`` protocol: one evaluation cell of the common harness (PROTOCOL.md).
+"""The ``finetune`` protocol: one evaluation cell of the common harness (docs/protocol.md).
 
 The whole network is trained: the pretrained ResNet18 (or a random one for ``scratch``) plus a
 head feature -> 256 -> ReLU -> 2, with Adam (lr 1e-4), batch 16, class-weighted cross-entropy
@@ -40,7 +40,7 @@ from benchmark.training.runtime import (
 
 
 def class_weights(labels: Tensor) -> Tensor:
-    """w_j = n / (2 n_j): each class contributes equally to the loss (PROTOCOL.md)."""
+    """w_j = n / (2 n_j): each class contributes equally to the loss (docs/protocol.md)."""
     counts = torch.bincount(labels, minlength=2).float()
     return len(labels) / (2 * counts.clamp_min(1))
 

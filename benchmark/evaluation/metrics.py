@@ -1,6 +1,6 @@
 """Classification metrics of one evaluation cell (torchmetrics).
 
-AUPRC (average precision) is the headline metric (PROTOCOL.md); a random classifier's AUPRC is
+AUPRC (average precision) is the headline metric (docs/protocol.md); a random classifier's AUPRC is
 the positive-class prevalence of the test set, which every result reports beside it. F1,
 precision, recall and specificity are taken at the threshold that maximises F1 on the
 validation set, never on the test set.

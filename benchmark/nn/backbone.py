@@ -1,7 +1,7 @@
 """The one encoder every method pretrains: a 3D ResNet18 built by MONAI.
 
 BasicBlock x [2, 2, 2, 2], widths 64/128/256/512, one input channel, a 7^3 stride-2 stem and a
-max-pool, global average pooling to a 512-d feature (PROTOCOL.md, "Backbone"). For a 64^3 input
+max-pool, global average pooling to a 512-d feature (docs/protocol.md, "Backbone"). For a 64^3 input
 the feature maps are 32^3 (stem), 16^3, 8^3, 4^3 and 2^3 (stages 1-4).
 
 The class *is* a ``monai.networks.nets.ResNet``, so its state dict has MONAI's parameter names

@@ -1,6 +1,6 @@
 """Stage 1 of the residual method: a 3D convolutional autoencoder (CAE) of normal sinuses.
 
-Bhattacharya et al. (Int J CARS 2024), PROTOCOL.md "The residual-reconstruction method", step 1:
+Bhattacharya et al. (Int J CARS 2024), docs/protocol.md "The residual-reconstruction method", step 1:
 an encoder of three stride-2 5^3 convolutions (16/32/64 channels, BatchNorm, LeakyReLU), a 1^3
 convolution to 4 channels and a linear map to a 512-d latent; a mirrored decoder (linear, 1^3
 convolution back to 64 channels, then per scale a 5^3 convolution, BatchNorm, LeakyReLU and a

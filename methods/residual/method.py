@@ -1,6 +1,6 @@
 """The residual-reconstruction method of Bhattacharya et al. (Int J CARS 2024).
 
-Three stages (PROTOCOL.md, "The residual-reconstruction method"), the first two cached:
+Three stages (docs/protocol.md, "The residual-reconstruction method"), the first two cached:
 1. ``cae``: a 3D convolutional autoencoder trained on the fold's labelled normal sinuses only
    (``methods/residual/cae.py``);
 2. ``residuals``: |x - CAE(x)| of every pretraining volume, rescaled and median-filtered

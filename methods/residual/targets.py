@@ -1,6 +1,6 @@
 """Stage 2 of the residual method: residual targets, and how well they localise anomalies.
 
-Bhattacharya et al. (Int J CARS 2024), PROTOCOL.md "The residual-reconstruction method", step 2:
+Bhattacharya et al. (Int J CARS 2024), docs/protocol.md "The residual-reconstruction method", step 2:
 residual = |x - CAE(x)|, rescaled to [0, 1] between its 1st and 99th percentile (per volume,
 clipped), then a 3D median filter of size 0 (none), 3, 5 or 7. Targets are stored as uint8
 (1/255 steps): a 64^3 map is 0.25 MiB, so a whole pool fits in (GPU) memory.
