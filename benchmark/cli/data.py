@@ -1,0 +1,112 @@
+"""``ssl3d data``: cohorts (the phantom, split files, checks, pictures)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from benchmark.cli.arguments import comma_list
+
+
+def command_data_phantom(args: argparse.Namespace) -> None:
+    from benchmark.datasets.phantom import generate_phantom
+
+    manifest = generate_phantom(
+        args.out,
+        labelled=args.labelled,
+        unlabelled=args.unlabelled,
+        size=args.size,
+        seed=args.seed,
+        prevalence=args.prevalence,
+        difficulty=args.difficulty,
+        layout=args.layout,
+        workers=args.workers,
+    )
+    print(f"wrote {manifest}")
+
+
+def command_data_splits(args: argparse.Namespace) -> None:
+    from benchmark.datasets.manifest import read_manifest
+    from benchmark.datasets.splits import make_splits, write_splits
+
+    manifest = read_manifest(args.manifest)
+    splits = make_splits(
+        manifest.table[manifest.table["label"].notna()],
+        test=args.test,
+        folds=args.folds,
+        seeds=tuple(int(s) for s in comma_list(args.seeds)),
+        fractions=tuple(float(f) for f in comma_list(args.fractions)),
+        test_seed=args.test_seed,
+    )
+    write_splits(splits, args.out)
+    print(f"wrote {args.out}: {splits['subject_id'].nunique()} subjects, {len(splits)} rows")
+
+
+def command_data_check(args: argparse.Namespace) -> None:
+    from benchmark.datasets.check import check_manifest
+
+    report = check_manifest(args.manifest)
+    print(report.text)
+    if not report.ok:
+        for problem in report.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def command_data_show(args: argparse.Namespace) -> None:
+    from benchmark.datasets.cohort import load_cohort
+    from benchmark.datasets.show import draw_examples
+    from benchmark.datasets.volumes import Preprocessing
+
+    cohort = load_cohort(args.manifest, Preprocessing(size=args.size, crop=args.crop))
+    draw_examples(cohort, args.out, n_per_class=args.examples)
+    print(f"wrote {args.out}")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to ``ssl3d``."""
+    data = commands.add_parser("data", help="cohorts: phantom, splits, checks, pictures")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    phantom = data_commands.add_parser("phantom", help="generate the built-in phantom cohort")
+    phantom.add_argument("--out", required=True)
+    phantom.add_argument(
+        "--labelled", type=int, default=150, help="labelled subjects (2 sinuses each)"
+    )
+    phantom.add_argument("--unlabelled", type=int, default=300, help="unlabelled subjects")
+    phantom.add_argument("--size", type=int, default=65, help="voxels per side of a sinus volume")
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument(
+        "--prevalence", type=float, default=0.55, help="fraction of anomalous sinuses"
+    )
+    phantom.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) to 1 (hard)")
+    phantom.add_argument("--layout", choices=["sinus", "head"], default="sinus")
+    phantom.add_argument("--workers", type=int, default=None)
+    phantom.set_defaults(handler=command_data_phantom)
+
+    splits = data_commands.add_parser(
+        "splits", help="make the subject-grouped split file of a manifest"
+    )
+    splits.add_argument("manifest")
+    splits.add_argument("--out", required=True)
+    splits.add_argument("--test", type=float, default=0.3)
+    splits.add_argument("--folds", type=int, default=5)
+    splits.add_argument("--seeds", default="0,1,2")
+    splits.add_argument("--fractions", default="0.1,0.2,0.4,0.6,0.8,1.0")
+    splits.add_argument("--test-seed", type=int, default=0)
+    splits.set_defaults(handler=command_data_splits)
+
+    check = data_commands.add_parser(
+        "check", help="validate a manifest and every file; print a summary"
+    )
+    check.add_argument("manifest")
+    check.set_defaults(handler=command_data_check)
+
+    show_data = data_commands.add_parser(
+        "show", help="draw slices of normal and anomalous examples"
+    )
+    show_data.add_argument("manifest")
+    show_data.add_argument("--out", required=True)
+    show_data.add_argument("--size", type=int, default=64)
+    show_data.add_argument("--crop", type=int, default=65)
+    show_data.add_argument("--examples", type=int, default=3, help="examples per class")
+    show_data.set_defaults(handler=command_data_show)

@@ -1,0 +1,44 @@
+"""``ssl3d perf``: pretraining throughput of every method (docs/perf.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmark.cli.arguments import add_settings_arguments, comma_list
+
+
+def command_perf(args: argparse.Namespace) -> None:
+    from benchmark.tools.perf import run_perf
+
+    print(
+        run_perf(
+            args.profile,
+            comma_list(args.methods) if args.methods else None,
+            args.device,
+            list(args.overrides),
+            steps=args.steps,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            json_path=Path(args.json) if args.json else None,
+            estimate=args.estimate,
+            cache=Path(args.cache),
+        )
+    )
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to ``ssl3d``."""
+    perf = commands.add_parser("perf", help="measure pretraining throughput of every method")
+    add_settings_arguments(perf)
+    perf.add_argument("--methods", help="comma-separated method names (default: all)")
+    perf.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    perf.add_argument("--steps", type=int, default=6, help="timed steps per fit")
+    perf.add_argument("--warmup", type=int, default=2, help="untimed steps first in every fit")
+    perf.add_argument(
+        "--rounds", type=int, default=3, help="fits per path, real and compute-only alternating"
+    )
+    perf.add_argument("--json", help="also write the measurements to this JSON file")
+    perf.add_argument("--estimate", action="store_true", help="estimate the paper grid's wall time")
+    perf.add_argument("--cache", default="results/perf", help="where the perf phantom is kept")
+    perf.set_defaults(handler=command_perf)
