@@ -10,6 +10,7 @@ builds contexts (``benchmark.training.pretrain.pretraining_context``).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,20 @@ class PretrainingContext:
     builds_stages: bool = True
     stages_used: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    run_settings: Any = field(default=None, repr=False)  # only for the deprecated ``config``
+
+    @property
+    def config(self) -> Any:
+        """Deprecated: the run's whole configuration, which plugins of ssl3d 0.1 read. Use
+        ``image_size``, ``preprocessing``, ``label_fractions``, ``pool_rows`` and
+        ``prepare_module`` instead; this goes away in the next release."""
+        warnings.warn(
+            "PretrainingContext.config is deprecated: use image_size, preprocessing, "
+            "label_fractions, pool_rows or prepare_module",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.run_settings
 
     # ---- rows --------------------------------------------------------------------------
 

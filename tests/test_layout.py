@@ -63,6 +63,7 @@ class FlatLayoutPlugin(SSLMethod):
 
     def prepare(self, context: PretrainingContext) -> None:
         assert context.unit.method == "flat_layout_plugin"
+        assert int(context.config.data.size) == context.image_size
 
     def pretraining_loss(self, batch):
         view, _ = self.augment(batch["image"])
@@ -86,6 +87,7 @@ def test_a_plugin_written_against_the_flat_layout_still_registers_and_trains(tmp
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "3"
     assert "benchmark.backbone has moved to benchmark.nn.backbone" in done.stderr
+    assert "PretrainingContext.config is deprecated" in done.stderr
 
 
 def test_every_cited_document_is_in_the_repository():

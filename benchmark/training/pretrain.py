@@ -173,6 +173,7 @@ def pretraining_context(
         device=device,
         log=log,
         builds_stages=builds_stages,
+        run_settings=cfg,
     )
 
 
