@@ -99,6 +99,13 @@ def cell_metric(
     return weighted_f1(scores, labels, threshold, weights).numpy()
 
 
+def decision_threshold(record: dict) -> float:
+    """The cell's stored validation threshold; 0.5 only when the cell stored none (a stored
+    0.0, calling every volume anomalous, is a real optimum, e.g. for kNN scores of exactly 0)."""
+    threshold = record.get("threshold")
+    return 0.5 if threshold is None else float(threshold)
+
+
 @dataclass
 class Bootstrap:
     """Test-subject resampling shared by every cell of a report, and each cell's replicates."""
@@ -119,7 +126,7 @@ class Bootstrap:
             if not record.get("predictions"):
                 continue
             scores, present = test_set.align(record)
-            threshold = float(record.get("threshold") or 0.5)
+            threshold = decision_threshold(record)
             per_cell[key] = {
                 m: cell_metric(m, scores, labels, weights * present, threshold) for m in METRICS
             }
@@ -277,7 +284,7 @@ def pathology_results(
         if not record.get("predictions"):
             continue
         scores, present = test_set.align(record)
-        threshold = float(record.get("threshold") or 0.5)
+        threshold = decision_threshold(record)
         weights = bootstrap.weights * present
         called = scores >= threshold
         for finding, members in subsets.items():

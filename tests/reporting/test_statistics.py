@@ -120,3 +120,12 @@ def test_holm_on_a_worked_example_and_against_the_step_down_rule():
                     break
                 rejected[index] = True
             np.testing.assert_array_equal(holm(p) <= alpha, rejected)
+
+
+def test_a_stored_threshold_of_zero_is_kept_and_only_a_missing_one_becomes_half():
+    from benchmark.reporting.summaries import decision_threshold
+
+    assert decision_threshold({"threshold": 0.0}) == 0.0
+    assert decision_threshold({"threshold": 0.25}) == 0.25
+    assert decision_threshold({"threshold": None}) == 0.5
+    assert decision_threshold({}) == 0.5
