@@ -86,6 +86,12 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
     def copy(self) -> Registry[T]:
         """A registry with the same entries (changes to it leave this one alone)."""
         twin = copy.copy(self)
