@@ -6,12 +6,12 @@ SSL3D := $(BIN)/ssl3d
 OUT ?= results/benchmark
 ARGS ?=
 
-.PHONY: setup benchmark test report perf lint clean
+.PHONY: setup benchmark test report perf lint lock clean
 
 setup: $(VENV)/.installed
 
-# torch and torchvision are pinned by constraints.txt (on the build machines they install from
-# local disk); everything else follows the lower bounds in setup.cfg.
+# constraints.txt pins every dependency to the exact version the tests passed with (torch and
+# torchvision install from local disk on the build machines); `make lock` refreshes it.
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
@@ -38,6 +38,13 @@ lint: setup
 	rm -rf build/lint
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target build/lint .
 	cd build/lint && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(CURDIR)/setup.cfg
+
+# Refresh the pins: upgrade within setup.cfg's bounds, run the tests, then write what is installed.
+lock: setup
+	$(BIN)/python -m pip install --quiet --upgrade -e ".[dev,ray]" torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pytest -q
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^ssl3d' | sort -f; } > constraints.new
+	mv constraints.new constraints.txt
 
 clean:
 	rm -rf $(VENV) results/benchmark
