@@ -193,11 +193,11 @@ class ViewSettingError(UserError, ValueError):
 PRESETS: Registry[ViewSettings] = Registry("views preset", "views.preset", ViewSettingError)
 for _name, _settings in {
     "none": ViewSettings(),
-    # docs/protocol.md, Baselines (Bhattacharya et al. 2024, reference code): with p=0.5 one of random affine
-    # (scale 0.8-1.2, 10 degrees, 10-voxel shift at 64^3), random flip, Gaussian noise (std up
-    # to 0.25), blur, affine+flip. The protocol gives no blur strength or flip axes: the blur
-    # sigma is MONAI RandGaussianSmooth's default range, and each axis flips with p=0.5 (so 1
-    # in 8 chosen flips leaves the sample as it is).
+    # docs/protocol.md, Baselines (Bhattacharya et al. 2024, reference code): with p=0.5 one
+    # of random affine (scale 0.8-1.2, 10 degrees, 10-voxel shift at 64^3), random flip,
+    # Gaussian noise (std up to 0.25), blur, affine+flip. The protocol gives no blur strength
+    # or flip axes: the blur sigma is MONAI RandGaussianSmooth's default range, and each axis
+    # flips with p=0.5 (so 1 in 8 chosen flips leaves the sample as it is).
     "paper": ViewSettings(
         affine_probability=1.0,
         max_rotation_degrees=10.0,
