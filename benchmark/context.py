@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,60 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from benchmark.config import config_hash
+from benchmark.results import UnloadableFileError, load_plain, require_inside
 from benchmark.rundata import RunData
 
 STAGE_POLL_SECONDS = 2.0
+
+
+# Stage files hold numpy arrays as tagged tensors: ``torch.load(weights_only=True)`` reads no
+# numpy objects, and a tensor keeps an array's dtype, shape and values exactly.
+_NUMPY = "__ssl3d_numpy__"
+_SCALAR = "__ssl3d_numpy_scalar__"
+_PLAIN_LEAVES = (
+    type(None), bool, int, float, complex, str, bytes, Tensor, torch.dtype, torch.device,
+    torch.Size,
+)  # fmt: skip
+
+
+def _storable(value: Any, where: str) -> Any:
+    """A stage's result in the form that loads with ``weights_only=True`` (see ``_restored``)."""
+    if isinstance(value, _PLAIN_LEAVES):
+        return value
+    if isinstance(value, np.generic) or type(value) is np.ndarray:
+        array = np.array(value, order="C", copy=True)
+        try:
+            tensor = torch.from_numpy(array)
+        except TypeError as error:
+            raise TypeError(f"{where}: a numpy array of dtype {array.dtype} ({error})") from None
+        return {_NUMPY: tensor, _SCALAR: isinstance(value, np.generic)}
+    if isinstance(value, (DictConfig, ListConfig)):
+        return _storable(OmegaConf.to_container(value, resolve=True), where)
+    if type(value) in (dict, OrderedDict):
+        return type(value)(
+            (key, _storable(item, f"{where}[{key!r}]")) for key, item in value.items()
+        )
+    if type(value) in (list, tuple):
+        return type(value)(_storable(item, f"{where}[{i}]") for i, item in enumerate(value))
+    if type(value) is set:
+        return {_storable(item, f"{where} (a set)") for item in value}
+    raise TypeError(f"{where}: a {type(value).__name__}")
+
+
+def _restored(value: Any) -> Any:
+    """The inverse of ``_storable``: tagged tensors become numpy arrays (or scalars) again."""
+    if type(value) in (dict, OrderedDict):
+        if set(value) == {_NUMPY, _SCALAR} and isinstance(value[_NUMPY], Tensor):
+            array = value[_NUMPY].numpy()
+            return array[()] if value[_SCALAR] else array
+        return type(value)((key, _restored(item)) for key, item in value.items())
+    if type(value) in (list, tuple):
+        return type(value)(_restored(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -90,6 +139,7 @@ class PretrainingContext:
     stages_used: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     run_settings: Any = field(default=None, repr=False)  # only for the deprecated ``config``
+    _unreadable: set[Path] = field(default_factory=set, repr=False)  # stage files said so
 
     @property
     def config(self) -> Any:
@@ -144,6 +194,24 @@ class PretrainingContext:
         """0/1 labels (long) of labelled rows."""
         return self.data.labels(rows)
 
+    def pool_labels(self, rows: np.ndarray) -> Tensor | None:
+        """0/1 labels (long) of pretraining-pool volumes from the cohort's pool truth file
+        (``unlabelled_truth.csv`` next to the manifest, docs/methods.md "supervised"), -1 where
+        the file gives none (a labelled volume's label belongs to the folds:
+        ``labelled_training_rows``); None when the cohort has no such file.
+
+        Only a method that deliberately trains on labels (a positive control) reads them. Rows
+        outside this unit's pretraining pool are refused: the pool never holds a test subject.
+        """
+        outside = np.setdiff1d(rows, self.pretraining_pool_rows)
+        if len(outside):
+            raise ValueError(
+                f"{self.unit.method}: pool_labels of {len(outside)} volume(s) outside the "
+                f"pretraining pool (first: {self.describe(outside[:1])[0]})"
+            )
+        truth = self.data.pool_truth
+        return None if truth is None else torch.as_tensor(truth[rows], dtype=torch.long)
+
     def masks(self, rows: np.ndarray) -> Tensor | None:
         """Anomaly masks ``[len(rows), 1, S, S, S]`` (bool), or None for a cohort without."""
         masks = self.data.cohort.masks
@@ -186,22 +254,67 @@ class PretrainingContext:
         ``settings`` must hold everything the result depends on (including the keys of stages
         it was built from); the data fingerprint is added here. A re-run with equal settings
         loads the cached file instead of building again.
+
+        A result holds tensors, numpy arrays and scalars, numbers, strings, ``None`` and
+        lists, tuples, sets and dicts of them (OmegaConf containers are stored as plain lists
+        and dicts). The file is loaded as data only (``weights_only=True``): one that does not
+        load so (corrupt, made by an older version, or altered) is rebuilt, with a log line
+        naming it.
         """
         key = config_hash({"settings": settings, "data": self.data.fingerprint})
         path = self.unit.directory / "stages" / f"{name}-{key}.pt"
         self.stages_used.append(path.name)
-        while not self.builds_stages and not path.exists():
+        require_inside(path, self.unit.directory, self._stage_fix(path))
+        while not self.builds_stages:  # rank 0 builds (or rebuilds) it; wait until it loads
+            if path.exists() and (stored := self._read_stage(path)) is not None:
+                return stored
             time.sleep(STAGE_POLL_SECONDS)
         if path.exists():
-            self.log(f"{self.unit.title}: reusing stage '{name}' ({path.name})")
-            return torch.load(path, map_location="cpu", weights_only=False)
+            stored = self._read_stage(path, "Building it again.")
+            if stored is not None:
+                self.log(f"{self.unit.title}: reusing stage '{name}' ({path.name})")
+                return stored
         started = time.perf_counter()
         result = build()
+        try:
+            storable = _storable(result, f"stage '{name}'")
+        except TypeError as error:
+            raise TypeError(
+                f"{self.unit.method}: {error} cannot be stored in a stage; a stage holds tensors, "
+                "numpy arrays and scalars, numbers, strings, None and lists, tuples, sets and "
+                "dicts of them"
+            ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        torch.save(result, temporary)
+        torch.save(storable, temporary)
         temporary.replace(path)
         self.log(
             f"{self.unit.title}: stage '{name}' built in {time.perf_counter() - started:.0f} s"
         )
         return result
+
+    def stored_stage(self, path: Path) -> dict[str, Any] | None:
+        """The content of a stage file of this unit (``stages/<name>-<key>.pt``, for example to
+        say how a cached stage of other settings differs), or None when it does not load as
+        plain data (the log says so once)."""
+        require_inside(path, self.unit.directory, self._stage_fix(Path(path)))
+        return self._read_stage(Path(path), "Ignoring it.")
+
+    def _read_stage(self, path: Path, then: str | None = None) -> dict[str, Any] | None:
+        """The stage file's content, or None when it is not plain data (logged once, unless
+        ``then`` is None: a waiting rank that does not log)."""
+        try:
+            stored = load_plain(path, "")
+            if not isinstance(stored, dict):
+                raise UnloadableFileError(
+                    f"{path}: it holds a {type(stored).__name__}, not a stage's dict."
+                )
+        except UnloadableFileError as error:
+            if then is not None and path not in self._unreadable:
+                self._unreadable.add(path)
+                self.log(f"{self.unit.title}: cannot use stage file {str(error).strip()} {then}")
+            return None
+        return _restored(stored)
+
+    def _stage_fix(self, path: Path) -> str:
+        return f"Delete {path.parent} to build {self.unit.title}'s stages again."

@@ -1,5 +1,8 @@
 """Result files: one JSON per finished unit, written atomically, read back by the report.
 
+Files of a run folder are read as data only: ``load_plain`` never unpickles code, and
+``require_inside`` keeps a path that one file records about another inside its folder.
+
 A cell file ``OUT/cells/<method>/<protocol>/f<fraction>/fold<k>/seed<s>.json`` holds
 ``method, protocol, fraction, fold, seed, status`` (``done`` or ``failed``), ``metrics``
 (``auprc``, ``auroc``, ``f1``, ``precision``, ``recall``, ``specificity``), ``prevalence``,
@@ -20,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
+
+from benchmark.errors import UserError
 
 
 @dataclass(frozen=True, order=True)
@@ -134,3 +140,52 @@ def cell_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
         row["path"] = record.get("path")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---- files of a run folder, loaded as data only ------------------------------------------------
+#
+# A run folder may come from someone else, so nothing in it is unpickled in full: a pickle can
+# name any Python callable and have it called while loading. Every torch file is loaded with
+# ``weights_only=True`` (tensors, numbers, strings, lists, tuples, dicts, sets), and every path
+# that one file records about another must lie inside the folder it belongs to.
+
+
+class UnloadableFileError(UserError):
+    """A file of a run folder that does not load as plain tensors and containers: corrupt,
+    written by another program or version, or altered to run code when unpickled."""
+
+
+def require_inside(path: str | Path, folder: Path, fix: str, source: Path | None = None) -> Path:
+    """``path`` (resolved: symbolic links and ``..`` followed) when it lies inside ``folder``;
+    a ``UserError`` naming it (and ``source``, the file that recorded it) otherwise."""
+    resolved, root = Path(path).resolve(), Path(folder).resolve()
+    if resolved != root and resolved.is_relative_to(root):
+        return resolved
+    recorded = f" (recorded in {source})" if source is not None else ""
+    raise UserError(
+        f"{path}{recorded} lies outside {folder}; ssl3d reads no file of a training from "
+        f"outside its own folder (the folder was moved, or a file in it was altered). {fix}"
+    )
+
+
+def unloadable_reason(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one short clause."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().split("\n\n")[0].split(". Please")[0]
+        return (
+            f"it holds more than tensors and plain containers ({detail.strip()}); ssl3d does "
+            "not unpickle such a file in full, which could run code"
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"it is not a readable torch file ({type(error).__name__}: {first.split('. ')[0]})"
+
+
+def load_plain(path: Path, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; an ``UnloadableFileError`` that
+    names the file, says why and what to do (``fix``) when it is not plain data."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torn, foreign or doctored files raise anything
+        raise UnloadableFileError(f"{path}: {unloadable_reason(error)}. {fix}") from error

@@ -32,10 +32,12 @@ from benchmark.nn.randomness import SeededStream
 from benchmark.results import Cell
 from benchmark.rundata import RunData
 from benchmark.training.runtime import (
+    best_checkpoint,
     epoch_checkpoints,
     make_trainer,
     prepare_module,
     resolve_device,
+    resume_checkpoint,
 )
 
 
@@ -154,13 +156,14 @@ def run_finetune(
         int(settings.max_epochs),
         [checkpoint, EarlyStopping("val_loss", patience=int(settings.patience))],
     )
-    last = workdir / "last.ckpt"
-    trainer.fit(model, train_loader, val_loader, ckpt_path=last if last.exists() else None)
+    restart = f"Delete {workdir} to fine-tune {cell.title} again from its first epoch."
+    last = resume_checkpoint(workdir, restart)
+    trainer.fit(model, train_loader, val_loader, ckpt_path=last, weights_only=True)
     if not checkpoint.best_model_path:
         raise NonFiniteScoresError(
             f"{cell.title}: the validation loss was never finite; lower finetune.lr"
         )
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    best = best_checkpoint(checkpoint, workdir, restart)
     model.load_state_dict(best["state_dict"])
 
     val_scores = model.scores(data.images(val_rows), batch_size * 4)

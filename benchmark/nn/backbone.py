@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import Tensor, nn
 
+from benchmark.errors import UserError
+
 PAPER_WIDTHS = (64, 128, 256, 512)
 
 
@@ -142,6 +144,17 @@ def save_encoder(backbone: ResNet18, path: str | Path) -> None:
 def load_encoder(path: str | Path, widths: tuple[int, ...]) -> ResNet18:
     """A backbone with the weights of an exported ``encoder.pt`` (strict)."""
     backbone = ResNet18(widths)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights only: a run folder may come from someone else (benchmark/results.py)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - torn, foreign or doctored files raise anything
+        lines = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        reason = (lines or [""])[0].split(". ")[0]
+        raise UserError(
+            f"{path}: not a plain state dict of tensors ({type(error).__name__}: {reason}); it "
+            "is corrupt or was altered, and ssl3d does not unpickle it in full, which could "
+            "run code. Delete it, and `ssl3d run` pretrains the encoder again"
+        ) from error
     backbone.load_state_dict(state, strict=True)
     return backbone

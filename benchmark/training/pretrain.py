@@ -43,11 +43,13 @@ from benchmark.rundata import RunData, prepare_data
 from benchmark.training.runtime import (
     Ranks,
     apply_host_settings,
+    best_checkpoint,
     epoch_checkpoints,
     make_trainer,
     prepare_module,
     process_ranks,
     resolve_device,
+    resume_checkpoint,
     training_device,
 )
 from benchmark.training.units import (
@@ -271,10 +273,10 @@ def run_pretraining(
     )
     train_loader = loader(pool_batches(data, train_rows), seed=int(settings.seed))
     val_loader = loader(pool_batches(data, val_rows), seed=0, shuffle=False) if validate else None
-    last = checkpoints / "last.ckpt"
-    if last.exists():
+    last = resume_checkpoint(checkpoints, _restart(unit, checkpoints))
+    if last is not None:
         log(f"{unit.title}: resuming from {last}")
-    trainer.fit(method, train_loader, val_loader, ckpt_path=last if last.exists() else None)
+    trainer.fit(method, train_loader, val_loader, ckpt_path=last, weights_only=True)
     if ranks.is_main:
         _finish_unit(unit, method, trainer, callbacks[0], context, record, started)
         log(f"pretrained {unit.title} in {record['seconds']:.0f} s -> {unit.encoder_path}")
@@ -294,7 +296,8 @@ def _finish_unit(
     """Rank 0 after training: the best weights exported, the record done, checkpoints gone."""
     best_epoch = None
     if checkpoints.monitor and checkpoints.best_model_path:
-        best = torch.load(checkpoints.best_model_path, map_location="cpu", weights_only=False)
+        folder = unit.directory / "checkpoints"
+        best = best_checkpoint(checkpoints, folder, _restart(unit, folder))
         method.load_state_dict(best["state_dict"])
         best_epoch = int(best["epoch"])
     save_encoder(method.encoder, unit.encoder_path)
@@ -312,6 +315,11 @@ def _finish_unit(
     )
     write_json_atomic(unit.record_path, record)
     shutil.rmtree(checkpoints.dirpath, ignore_errors=True)
+
+
+def _restart(unit: PretrainingUnit, checkpoints: Path) -> str:
+    """What to do about a checkpoint of the unit that cannot be used."""
+    return f"Delete {checkpoints} to pretrain {unit.title} again from its first epoch."
 
 
 def open_pretrained(

@@ -27,6 +27,7 @@ from torch import nn
 
 from benchmark.errors import RuntimeSettingError
 from benchmark.nn.backbone import ResNet18
+from benchmark.results import UnloadableFileError, load_plain, require_inside
 
 # Lightning's per-trainer banners ("GPU available: ...") would repeat for every grid cell.
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
@@ -191,6 +192,66 @@ def epoch_checkpoints(directory: Path, monitor: str | None) -> ModelCheckpoint:
         monitor=monitor,
         save_on_train_epoch_end=True,
     )
+
+
+# The paths a ModelCheckpoint callback's state records (Lightning restores them on resume; it
+# loads best_model_path after training and may delete the others).
+_RECORDED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def resume_checkpoint(folder: Path, fix: str) -> Path | None:
+    """``folder/last.ckpt`` to resume from (None without one), checked before Lightning reads it.
+
+    Lightning itself loads it (``fit(..., weights_only=True)``); here it and any SLURM
+    ``hpc_ckpt_*.ckpt`` Lightning might pick instead must load as plain data, and every
+    checkpoint path their callback state records must lie inside ``folder``: a doctored state
+    could otherwise have the best weights read from, or old checkpoints deleted at, any path.
+    Any problem is a ``UserError`` naming the file and saying what to do (``fix``).
+    """
+    last = folder / "last.ckpt"
+    for path in [last, *sorted(folder.glob("hpc_ckpt_*.ckpt"))]:
+        if not path.exists():
+            continue
+        require_inside(path, folder, fix)
+        state = load_plain(path, fix)
+        for recorded in _recorded_paths(state, path, fix):
+            require_inside(recorded, folder, fix, source=path)
+    return last if last.exists() else None
+
+
+def _recorded_paths(state: object, path: Path, fix: str) -> list[str]:
+    """The checkpoint paths that the callback states of a loaded checkpoint record."""
+
+    def refuse(what: str) -> UnloadableFileError:
+        return UnloadableFileError(f"{path}: {what}; it is not a checkpoint ssl3d wrote. {fix}")
+
+    callbacks = state.get("callbacks", {}) if isinstance(state, dict) else None
+    if not isinstance(callbacks, dict):
+        raise refuse("it holds no Lightning callback states")
+    recorded: list[str] = []
+    for callback in callbacks.values():
+        if not isinstance(callback, dict):
+            continue
+        models = callback.get("best_k_models", {})
+        if not isinstance(models, dict):
+            raise refuse(f"its best_k_models is a {type(models).__name__}")
+        for value in [*(callback.get(key) for key in _RECORDED_PATHS), *models]:
+            if value is None or (isinstance(value, str) and not value):
+                continue
+            if not isinstance(value, str):
+                raise refuse(f"it records a {type(value).__name__} as a checkpoint path")
+            recorded.append(value)
+    return recorded
+
+
+def best_checkpoint(checkpoints: ModelCheckpoint, folder: Path, fix: str) -> dict:
+    """The best checkpoint a training saved (``checkpoints.best_model_path``, which a resumed
+    training took from ``last.ckpt``), loaded as plain data from inside ``folder`` only."""
+    path = require_inside(checkpoints.best_model_path, folder, fix)
+    state = load_plain(path, fix)
+    if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
+        raise UnloadableFileError(f"{path}: it is not a checkpoint ssl3d wrote. {fix}")
+    return state
 
 
 def data_parallel_strategy(device: torch.device) -> DDPStrategy:

@@ -220,7 +220,7 @@ def _explain_rebuild(context: PretrainingContext, settings: dict) -> None:
     others = sorted((context.unit.directory / "stages").glob("cae-*.pt"))
     reasons = []
     for path in others:
-        old = torch.load(path, map_location="cpu", weights_only=False).get("settings", {})
+        old = (context.stored_stage(path) or {}).get("settings", {})
         changed = [key for key in settings if old.get(key) != settings[key]]
         reasons.append(f"{path.name} was made with other {', '.join(changed) or 'data'}")
     why = "; ".join(reasons) if reasons else "none is cached"
