@@ -110,16 +110,6 @@ class LossTable(pl.Callback):
         temporary.replace(self.path)
 
 
-def _split_pool(data: RunData, rows: np.ndarray, val_fraction: float, seed: int):
-    """Hold out a fraction of the pool's subjects (grouped) for the validation loss."""
-    subjects = np.array(sorted(data.cohort.table["subject_id"].iloc[rows].unique()))
-    generator = np.random.default_rng(seed)
-    count = int(round(val_fraction * len(subjects)))
-    held_out = set(generator.permutation(subjects)[:count]) if count < len(subjects) else set()
-    is_val = data.cohort.table["subject_id"].iloc[rows].isin(held_out).to_numpy()
-    return rows[~is_val], rows[is_val]
-
-
 def pool_batches(data: RunData, rows: np.ndarray) -> TensorBatches:
     """Pretraining batches: ``image`` and ``row``, the volumes' positions in the cohort (for
     methods that look up per-volume targets they prepared, such as residual maps)."""
@@ -135,14 +125,18 @@ def build_method(cfg: DictConfig, method: str) -> SSLMethod:
 
 
 def split_pool(cfg: DictConfig, method: str, data: RunData) -> tuple[np.ndarray, np.ndarray, str]:
-    """The unit's pretraining pool split by subject into training and validation rows, and a
-    sentence that says what the pool is."""
+    """The unit's pretraining pool split into training and validation rows, and a sentence
+    that says what the pool is: ``pretrain.val_fraction`` of the pool's subjects (grouped) are
+    held out for the validation loss."""
     settings = pretraining_settings(cfg, method)
-    pool_rows, pool_note = data.pretraining_pool(settings.pool)
-    train_rows, val_rows = _split_pool(
-        data, pool_rows, float(settings.val_fraction), int(settings.seed)
-    )
-    return train_rows, val_rows, pool_note
+    rows, pool_note = data.pretraining_pool(settings.pool)
+    subject_of_row = data.cohort.table["subject_id"].iloc[rows]
+    subjects = np.array(sorted(subject_of_row.unique()))
+    generator = np.random.default_rng(int(settings.seed))
+    count = int(round(float(settings.val_fraction) * len(subjects)))
+    held_out = set(generator.permutation(subjects)[:count]) if count < len(subjects) else set()
+    is_val = subject_of_row.isin(held_out).to_numpy()
+    return rows[~is_val], rows[is_val], pool_note
 
 
 def pretraining_context(
