@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,6 +25,7 @@ import pandas as pd
 import torch
 
 from benchmark.errors import UserError
+from benchmark.files import write_atomic
 
 
 @dataclass(frozen=True, order=True)
@@ -62,11 +62,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
     A reader (or a killed writer) never sees half a file. NaN is written as null.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(_json_safe(data), indent=1, sort_keys=False))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(_json_safe(data), indent=1, sort_keys=False))
 
 
 def _json_safe(value: Any) -> Any:

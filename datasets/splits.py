@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from benchmark.errors import UserError
+from benchmark.files import write_atomic
 
 SPLIT_COLUMNS = ["seed", "fold", "subject_id", "partition", "fraction"]
 PARTITIONS = ("test", "val", "train")
@@ -219,10 +218,7 @@ def write_splits(splits: pd.DataFrame, path: str | Path) -> None:
     """Write the split table as CSV atomically (temp file + rename), after validating it."""
     path = Path(path)
     _validate(splits, path, lines=range(2, len(splits) + 2))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as stream:
-        splits[SPLIT_COLUMNS].to_csv(stream, index=False, float_format="%.6g")
-    os.replace(stream.name, path)
+    write_atomic(path, splits[SPLIT_COLUMNS].to_csv(index=False, float_format="%.6g"))
 
 
 def read_splits(path: str | Path) -> pd.DataFrame:
