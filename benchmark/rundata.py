@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ from benchmark.datasets.splits import (
 )
 from benchmark.datasets.volumes import Preprocessing
 from benchmark.errors import UserError
+from benchmark.files import write_atomic
+
+# Where a phantom of other settings waits while a run that would replace it is checked.
+PREVIOUS_PHANTOM = ".phantom.previous"
 
 
 class DataSettingError(UserError):
@@ -113,13 +118,23 @@ class RunData:
 
 
 def phantom_manifest(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> Path:
-    """Generate the profile's phantom cohort under ``OUT/data/phantom`` unless it is there."""
+    """Generate the profile's phantom cohort under ``OUT/data/phantom`` unless it is there.
+
+    A phantom of other settings is first moved aside to ``OUT/data/.phantom.previous``:
+    ``PendingData.discard`` puts it back when the run is refused, ``commit`` removes it."""
     folder = out / "data" / "phantom"
+    aside = out / "data" / PREVIOUS_PHANTOM
+    if aside.exists() and not folder.exists():  # a run killed between moving aside and commit
+        aside.rename(folder)
     settings = OmegaConf.to_container(cfg.phantom, resolve=True)
     stamp = folder / "ssl3d_settings.json"
     manifest = folder / "manifest.csv"
     if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings:
         return manifest
+    if folder.exists():
+        if aside.exists():
+            shutil.rmtree(aside)
+        folder.rename(aside)
     log(
         f"generating the phantom cohort ({settings['labelled']} labelled + "
         f"{settings['unlabelled']} unlabelled subjects, {settings['size']}^3) in {folder}"
@@ -135,7 +150,7 @@ def phantom_manifest(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> 
         layout=settings["layout"],
         workers=cfg.data.workers,
     )
-    stamp.write_text(json.dumps(settings, indent=2))
+    write_atomic(stamp, json.dumps(settings, indent=2))
     return manifest
 
 
@@ -160,7 +175,39 @@ def cohort_fingerprint(cohort: Cohort) -> str:
 
 
 def prepare_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> RunData:
-    """Load (or generate) the cohort, make or read the splits, and fingerprint both."""
+    """Load (or generate) the cohort, make or read the splits, fingerprint both, and save the
+    splits as ``OUT/data/splits.csv``."""
+    pending = stage_data(cfg, out, log)
+    pending.commit()
+    return pending.data
+
+
+@dataclass
+class PendingData:
+    """A run's data before the run may write: ``commit`` saves it under ``OUT/data`` once every
+    check that could refuse the run has passed; ``discard`` leaves the folder as it was."""
+
+    data: RunData
+    out: Path
+
+    def commit(self) -> None:
+        write_splits(self.data.splits, self.out / "data" / "splits.csv")
+        aside = self.out / "data" / PREVIOUS_PHANTOM
+        if aside.exists():
+            shutil.rmtree(aside)
+
+    def discard(self) -> None:
+        """Put back a phantom that this run's settings moved aside (see ``phantom_manifest``)."""
+        aside = self.out / "data" / PREVIOUS_PHANTOM
+        if aside.exists():
+            folder = self.out / "data" / "phantom"
+            shutil.rmtree(folder, ignore_errors=True)
+            aside.rename(folder)
+
+
+def stage_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> PendingData:
+    """Load (or generate) the cohort, make or read the splits, and fingerprint both; nothing
+    under ``out`` is changed for good until ``commit``."""
     manifest = Path(cfg.data.manifest) if cfg.data.manifest else phantom_manifest(cfg, out, log)
     cohort = load_cohort(
         read_manifest(manifest, on_bad_rows=cfg.data.on_bad_rows),
@@ -184,8 +231,7 @@ def prepare_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> RunD
             fractions=tuple(cfg.splits.fractions),
             test_seed=int(cfg.splits.test_seed),
         )
-    write_splits(splits, out / "data" / "splits.csv")
-    return RunData(manifest, cohort, splits, cohort_fingerprint(cohort))
+    return PendingData(RunData(manifest, cohort, splits, cohort_fingerprint(cohort)), out)
 
 
 def _check_split_subjects(splits: pd.DataFrame, cohort: Cohort, path: Path) -> None:

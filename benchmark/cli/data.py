@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from benchmark.cli.arguments import comma_list
+from benchmark.errors import UserError
 
 
 def command_data_phantom(args: argparse.Namespace) -> None:
     from benchmark.datasets.phantom import generate_phantom
 
+    refuse_non_empty(Path(args.out), args.force)
     manifest = generate_phantom(
         args.out,
         labelled=args.labelled,
@@ -23,6 +26,17 @@ def command_data_phantom(args: argparse.Namespace) -> None:
         workers=args.workers,
     )
     print(f"wrote {manifest}")
+
+
+def refuse_non_empty(out: Path, force: bool) -> None:
+    """A cohort command writes a whole folder: it never mixes its files into a user's."""
+    if out.is_file():
+        raise UserError(f"--out {out}: a file of that name exists; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(
+            f"--out {out} is not empty (first: {next(out.iterdir()).name}); give an empty or new "
+            "folder, or --force to write into it (files of the same name are replaced)"
+        )
 
 
 def command_data_splits(args: argparse.Namespace) -> None:
@@ -81,6 +95,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     phantom.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) to 1 (hard)")
     phantom.add_argument("--layout", choices=["sinus", "head"], default="sinus")
     phantom.add_argument("--workers", type=int, default=None)
+    phantom.add_argument(
+        "--force", action="store_true", help="write into a non-empty --out (replaces its cohort)"
+    )
     phantom.set_defaults(handler=command_data_phantom)
 
     splits = data_commands.add_parser(

@@ -4,6 +4,7 @@ and figures of a run folder)."""
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from benchmark.cli.arguments import add_settings_arguments, comma_list, load_settings, positive_int
@@ -12,6 +13,7 @@ from benchmark.errors import UserError
 
 def command_run(args: argparse.Namespace) -> None:
     from benchmark.orchestration.grid import run_grid
+    from benchmark.orchestration.lock import run_folder_lock
     from benchmark.reporting.report import write_report
     from benchmark.studies.tuning import record_budgets, tuned_overrides
     from benchmark.training.runtime import process_ranks
@@ -22,7 +24,7 @@ def command_run(args: argparse.Namespace) -> None:
         args.overrides.append(f"executor.name={args.executor}")
     if args.ray_address:
         args.overrides.append(f"executor.address={args.ray_address}")
-    methods = comma_list(args.methods) if args.methods else None
+    methods = comma_list(args.methods) if args.methods is not None else None
     cfg = load_settings(args, methods)
     out = Path(args.out)
     budgets = []
@@ -31,12 +33,14 @@ def command_run(args: argparse.Namespace) -> None:
         args.overrides = [*tuned, *args.overrides]  # settings given by hand win
         cfg = load_settings(args, methods)
     main_rank = process_ranks(cfg.runtime).is_main  # data-parallel ranks > 0 only pretrain
-    if main_rank:
-        record_budgets(out, budgets, cfg.methods)
-    run_grid(cfg, out, force=args.force)
     if not main_rank:
+        run_grid(cfg, out, force=args.force)
         return
-    report = write_report(out)
+    with run_folder_lock(out, "ssl3d run", print):  # held through the report too
+        run_grid(
+            cfg, out, force=args.force, on_accept=partial(record_budgets, out, budgets, cfg.methods)
+        )
+        report = write_report(out)
     print("\nResults:")
     for path in report.files:
         print(f"  {path}")

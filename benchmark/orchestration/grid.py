@@ -13,11 +13,14 @@ the rest of the grid goes on; a re-run tries it again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.orchestration.executors import get_executor
+from benchmark.files import write_atomic
+from benchmark.orchestration.executors import Executor, get_executor
+from benchmark.orchestration.lock import run_folder_lock
 from benchmark.orchestration.plan import (
     Plan,
     ResultConflictError,
@@ -26,49 +29,93 @@ from benchmark.orchestration.plan import (
     plan_run,
 )
 from benchmark.orchestration.tasks import GridRun
-from benchmark.rundata import prepare_data
+from benchmark.rundata import stage_data
 from benchmark.training.runtime import process_ranks
 
 __all__ = ["ResultConflictError", "run_grid"]
 
 
 class RunLog:
-    """Prints progress lines and appends them to ``OUT/run.log``."""
+    """Prints progress lines and appends them to ``OUT/run.log``.
+
+    Until ``keep`` is called the lines are only printed and held: a run refused by its checks
+    leaves ``run.log`` as it was."""
 
     def __init__(self, out: Path, quiet: bool = False):
         self.path = out / "run.log"
         self.quiet = quiet
         self.started = time.perf_counter()
+        self.held: list[str] | None = []
 
     def __call__(self, message: str) -> None:
         line = f"[{time.perf_counter() - self.started:7.1f}s] {message}"
         if not self.quiet:
             print(line, flush=True)
+        if self.held is not None:
+            self.held.append(line)
+            return
         with self.path.open("a") as handle:
             handle.write(line + "\n")
 
+    def keep(self) -> None:
+        """From now on lines go to ``run.log`` too, starting with those held so far."""
+        lines, self.held = self.held or [], None
+        with self.path.open("a") as handle:
+            handle.writelines(line + "\n" for line in lines)
 
-def run_grid(cfg: DictConfig, out: Path, force: bool = False, quiet: bool = False) -> Plan:
+
+def run_grid(
+    cfg: DictConfig,
+    out: Path,
+    force: bool = False,
+    quiet: bool = False,
+    on_accept: Callable[[], None] | None = None,
+) -> Plan:
     """Run every unfinished unit of the grid under ``out`` with the configured executor
-    (``executor.name``, ``benchmark.orchestration.executors``); returns the plan that ran."""
+    (``executor.name``, ``benchmark.orchestration.executors``); returns the plan that ran.
+
+    Every check that can refuse the run (the folder's lock, results made with other settings)
+    comes before anything under ``out`` is written: a refused run leaves the folder as it was.
+    ``on_accept`` runs once the checks passed, before the grid (the caller's own files)."""
     executor = get_executor(cfg.executor)
     out = Path(out).absolute()  # executors' worker processes may start in another folder
-    out.mkdir(parents=True, exist_ok=True)
     main_rank = process_ranks(cfg.runtime).is_main  # data-parallel ranks > 0 write nothing
-    log = RunLog(out, quiet) if main_rank else (lambda message: None)
+    if not main_rank:
+        return _run_checked(cfg, out, executor, None, force, on_accept)
+    log = RunLog(out, quiet)
+    with run_folder_lock(out, "ssl3d run", log):
+        return _run_checked(cfg, out, executor, log, force, on_accept)
+
+
+def _run_checked(
+    cfg: DictConfig,
+    out: Path,
+    executor: Executor,
+    run_log: RunLog | None,
+    force: bool,
+    on_accept: Callable[[], None] | None,
+) -> Plan:
+    """The run after its lock: ``run_log`` is None in data-parallel ranks > 0 (they only
+    pretrain, and write nothing)."""
+    log = run_log or (lambda message: None)
     log(f"profile {cfg.profile} ({cfg.profile_reason}); methods: {', '.join(cfg.methods)}")
-    data = prepare_data(cfg, out, log)
-    plan = plan_run(cfg, data, out)
+    pending = stage_data(cfg, out, log)
+    plan = plan_run(cfg, pending.data, out)
     conflicts = find_conflicts(plan, out)
     if conflicts and not force:
+        pending.discard()
         raise ResultConflictError(
             f"{out} holds {len(conflicts)} result(s) made with other settings (first: "
             f"{conflicts[0]}).{describe_difference(out, cfg)} Use another --out, or --force "
             "to recompute and overwrite them."
         )
+    if run_log:
+        pending.commit()
+        run_log.keep()
+        write_atomic(out / "run.yaml", OmegaConf.to_yaml(cfg))
+        if on_accept:
+            on_accept()
     for path in conflicts:
         log(f"--force: recomputing {path}")
-    if main_rank:
-        OmegaConf.save(cfg, out / "run.yaml")
-    executor.run(GridRun(cfg, out, data, plan, log))
+    executor.run(GridRun(cfg, out, pending.data, plan, log))
     return plan

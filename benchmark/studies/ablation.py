@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark.config import ConfigError, _read_yaml, configs_root, load_config
 from benchmark.orchestration.grid import run_grid
+from benchmark.orchestration.lock import run_folder_lock
 from benchmark.reporting.report import HEADLINE_PROTOCOL
 from benchmark.results import cells_table, read_json
 from benchmark.rundata import phantom_manifest
@@ -103,6 +104,22 @@ def run_ablation(
     variants = ablation_variants(spec, grids)
     axes = list(dict.fromkeys(key for variant in variants for key, _ in variant.settings))
     base = load_config(profile, overrides, methods=[method])
+    with run_folder_lock(out, f"ssl3d ablate {method}", log):  # one writer per folder
+        return _run_variants(method, out, profile, overrides, base, variants, axes, quiet, log)
+
+
+def _run_variants(
+    method: str,
+    out: Path,
+    profile: str | None,
+    overrides: Sequence[str],
+    base: DictConfig,
+    variants: list[Variant],
+    axes: list[str],
+    quiet: bool,
+    log: Callable[[str], None],
+) -> pd.DataFrame:
+    """The variants of ``run_ablation``, under its lock."""
     shared = list(overrides)
     if not base.data.manifest:
         out.mkdir(parents=True, exist_ok=True)

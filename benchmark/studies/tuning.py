@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.config import config_hash, load_config
 from benchmark.errors import UserError
 from benchmark.evaluation.protocols import get_protocol
+from benchmark.orchestration.lock import run_folder_lock
 from benchmark.results import Cell, write_json_atomic
 from benchmark.rundata import RunData, prepare_data
 from benchmark.training.pretrain import run_pretraining
@@ -426,35 +427,36 @@ def run_tuning(
 ) -> tuple[Budget, list[Path]]:
     """``ssl3d tune``: run (or resume) the study of ``method``; returns its budget and files."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(profile, overrides, [method])
-    setup = tuning_setup(cfg, method, out, overrides)
-    url = storage_url(out, storage)
-    study = open_study(
-        open_storage(url),
-        setup.study_name,
-        study_fingerprint(cfg, setup),
-        int(cfg.tune.sampler_seed),
-        str(cfg.tune.pruner),
-        int(cfg.tune.startup_trials),
-    )
-    budget = int(trials if trials is not None else cfg.tune.trials)
-    log(
-        f"tuning {method} for the {setup.protocol} protocol at fraction {setup.fraction:g} on "
-        f"the validation partitions of seed {setup.seed}, folds {list(setup.folds)}; "
-        f"study '{setup.study_name}' in {url}"
-    )
-    data = prepare_data(cfg, out, log)
-    ran = optimise(study, trial_objective(setup, data, log), budget)
-    result = Budget.of(study)
-    log(
-        f"{ran} trial(s) run now; the study has {result.complete} complete, {result.pruned} "
-        f"pruned and {result.failed} failed trial(s), {result.hours:.3f} {result.device}-hours"
-    )
-    files = draw_study(study, out / "figures")
-    summary = out / "tuning" / f"{setup.study_name}.json"
-    write_json_atomic(summary, {"storage": url, **vars(result)})
-    return result, [summary, *files]
+    with run_folder_lock(out, f"ssl3d tune {method}", log):  # one writer per folder
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = load_config(profile, overrides, [method])
+        setup = tuning_setup(cfg, method, out, overrides)
+        url = storage_url(out, storage)
+        study = open_study(
+            open_storage(url),
+            setup.study_name,
+            study_fingerprint(cfg, setup),
+            int(cfg.tune.sampler_seed),
+            str(cfg.tune.pruner),
+            int(cfg.tune.startup_trials),
+        )
+        budget = int(trials if trials is not None else cfg.tune.trials)
+        log(
+            f"tuning {method} for the {setup.protocol} protocol at fraction {setup.fraction:g} on "
+            f"the validation partitions of seed {setup.seed}, folds {list(setup.folds)}; "
+            f"study '{setup.study_name}' in {url}"
+        )
+        data = prepare_data(cfg, out, log)
+        ran = optimise(study, trial_objective(setup, data, log), budget)
+        result = Budget.of(study)
+        log(
+            f"{ran} trial(s) run now; the study has {result.complete} complete, {result.pruned} "
+            f"pruned and {result.failed} failed trial(s), {result.hours:.3f} {result.device}-hours"
+        )
+        files = draw_study(study, out / "figures")
+        summary = out / "tuning" / f"{setup.study_name}.json"
+        write_json_atomic(summary, {"storage": url, **vars(result)})
+        return result, [summary, *files]
 
 
 def tuned_overrides(cfg: DictConfig, storage: str) -> tuple[list[str], list[Budget]]:
