@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def _merge(base: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
         default = OmegaConf.select(base, _global_default(key) or key, default=missing)
         if default is missing:
             raise _explain_unknown_key(base, key, origin)
-        if not _same_kind(default, value):
+        if not _same_kind(key, default, value):
             raise ConfigError(
                 f"setting '{key}' ({origin}) must be {_kind(default)} like its default "
                 f"{default!r}, got {value!r}"
@@ -159,26 +160,145 @@ def _merge(base: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
         raise ConfigError(f"{origin}: {error}") from None
 
 
+# Integer settings that Ray also accepts as fractions of a GPU or CPU.
+FRACTIONAL_COUNTS = ("executor.pretrain_gpus", "executor.cell_gpus")
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "true/false"
-    if isinstance(value, (int, float)):
-        return "number"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
     if isinstance(value, str):
         return "text"
     if isinstance(value, (list, tuple, ListConfig)):
-        return "list"
-    return "mapping"
+        return "a list"
+    return "a mapping"
 
 
-def _same_kind(default: Any, value: Any) -> bool:
-    """Numbers replace numbers, text text, lists lists; null goes anywhere.
+def _same_kind(key: str, default: Any, value: Any) -> bool:
+    """Whole numbers replace whole numbers (``batch_size=2.5`` is refused, not truncated),
+    numbers numbers, text text, lists lists; null goes anywhere.
 
-    The one setting that takes two kinds is ``methods``: the text ``all`` or a list of names.
+    Two settings take two kinds: ``methods`` (the text ``all`` or a list of names) and
+    ``runtime.precision`` (``auto``, ``bf16-mixed``... or the number 32).
     """
     if default is None or value is None or default == "all":
         return True
-    return _kind(default) == _kind(value)
+    kinds = {_kind(default), _kind(value)}
+    if kinds == {"a number", "a whole number"}:
+        return _kind(default) == "a number" or key in FRACTIONAL_COUNTS
+    return len(kinds) == 1 or (key == "runtime.precision" and kinds == {"text", "a whole number"})
+
+
+def _whole(low: int, high: float = math.inf) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _number(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    def check(value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        return (low < value if low_open else low <= value) and (
+            value < high if high_open else value <= high
+        )
+
+    return check
+
+
+def _one_of(*choices: Any) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
+
+
+def _non_empty_list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(map(check, v))
+
+
+def _ordered_percentiles(value: Any) -> bool:
+    pair = isinstance(value, (list, ListConfig)) and len(value) == 2
+    return pair and all(map(_number(0, 100), value)) and value[0] < value[1]
+
+
+def _distinct(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: _non_empty_list_of(check)(v) and len(set(v)) == len(v)
+
+
+# What each setting may hold beyond its type, checked whenever settings are built, so a bad
+# value is refused with its name before anything runs. Per-method `pretrain` overrides are
+# checked with the `pretrain.*` rules. Method hyper-parameters are the methods' own checks.
+SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.size": (_whole(8), "a whole number of voxels >= 8"),
+    "data.crop": (_whole(1), "a whole number of voxels >= 1"),
+    "data.clip_percentiles": (_ordered_percentiles, "two percentiles 0-100, low before high"),
+    "data.on_bad_rows": _one_of("error", "exclude"),
+    "data.workers": (lambda v: v is None or _whole(1)(v), "null (all cores) or >= 1"),
+    "phantom.labelled": (_whole(4), "a whole number of subjects >= 4"),
+    "phantom.unlabelled": (_whole(0), "a whole number of subjects >= 0"),
+    "phantom.size": (_whole(8), "a whole number of voxels >= 8"),
+    "phantom.prevalence": (_number(0, 1, True, True), "a share between 0 and 1 (exclusive)"),
+    "phantom.difficulty": (_number(0, 1), "a number from 0 (easy) to 1 (hard)"),
+    "phantom.layout": _one_of("sinus", "head"),
+    "splits.test": (_number(0, 1, True, True), "a share of subjects between 0 and 1"),
+    "splits.folds": (_whole(2), "a whole number of folds >= 2"),
+    "splits.seeds": (_distinct(_whole(0)), "a non-empty list of distinct whole numbers >= 0"),
+    "splits.fractions": (
+        _distinct(_number(0, 1, low_open=True)),
+        "a non-empty list of distinct label fractions in (0, 1]",
+    ),
+    "backbone.width_multiplier": (_number(0, 16, low_open=True), "a number > 0 (1 = ResNet18)"),
+    "pretrain.pool": _one_of("unlabelled", "unlabelled+train"),
+    "pretrain.val_fraction": (_number(0, 1, high_open=True), "a share from 0 to below 1"),
+    "pretrain.max_epochs": (_whole(1), "a whole number of epochs >= 1"),
+    "pretrain.max_steps": (lambda v: v == -1 or _whole(1)(v), "-1 (no cap) or a number >= 1"),
+    "pretrain.patience": (_whole(0), "a whole number of epochs >= 0 (0 = off)"),
+    "pretrain.batch_size": (_whole(2), "a whole number of volumes >= 2"),
+    "pretrain.lr": (_number(0, math.inf, low_open=True), "a learning rate > 0"),
+    "pretrain.weight_decay": (_number(0, math.inf), "a number >= 0"),
+    "pretrain.momentum": (_number(0, 1, high_open=True), "a number from 0 to below 1"),
+    "pretrain.warmup_epochs": (_whole(0), "a whole number of epochs >= 0"),
+    "finetune.protocols": (
+        _distinct(lambda v: isinstance(v, str) and bool(v)),
+        "a non-empty list of protocol names (ssl3d methods lists them), e.g. [linear, knn]",
+    ),
+    "finetune.max_epochs": (_whole(1), "a whole number of epochs >= 1"),
+    "finetune.patience": (_whole(0), "a whole number of epochs >= 0"),
+    "finetune.batch_size": (_whole(2), "a whole number of volumes >= 2"),
+    "finetune.lr": (_number(0, math.inf, low_open=True), "a learning rate > 0"),
+    "finetune.head_hidden": (_whole(1), "a whole number of units >= 1"),
+    "finetune.localisation.stage": (_whole(1, 4), "a ResNet stage from 1 to 4"),
+    "probes.linear.C": (
+        _non_empty_list_of(_number(0, math.inf, low_open=True)),
+        "a non-empty list of inverse strengths > 0",
+    ),
+    "probes.linear.max_iter": (_whole(1), "a whole number >= 1"),
+    "probes.knn.k": (_whole(1), "a whole number of neighbours >= 1"),
+    "probes.knn.metric": _one_of("cosine", "euclidean"),
+    "probes.knn.weights": _one_of("uniform", "distance"),
+    "runtime.device": _one_of("auto", "cpu", "cuda"),
+    "runtime.precision": _one_of("auto", 32, "32", "bf16-mixed", "16-mixed"),
+    "runtime.cohort_on_device": _one_of("auto", "always", "never"),
+    "runtime.threads": (lambda v: v is None or _whole(1)(v), "null or a whole number >= 1"),
+    "runtime.devices": (_whole(1), "a whole number >= 1"),
+    "runtime.num_nodes": (_whole(1), "a whole number >= 1"),
+    "executor.max_retries": (_whole(0), "a whole number >= 0"),
+    "tune.trials": (_whole(1), "a whole number >= 1"),
+}
+
+
+def validate_settings(cfg: DictConfig) -> None:
+    """Refuse the first setting outside its range (``SETTING_RULES``), naming it."""
+    checks = [(key, OmegaConf.select(cfg, key), rule) for key, rule in SETTING_RULES.items()]
+    for method in cfg.methods:
+        own = cfg.method[method].get("pretrain")
+        own = OmegaConf.to_container(own, resolve=True) if own else {}
+        for key, value in setting_leaves(own, "pretrain."):
+            if key in SETTING_RULES:
+                checks.append((f"method.{method}.{key}", value, SETTING_RULES[key]))
+    for key, value, (check, allowed) in checks:
+        if not check(value):
+            raise ConfigError(f"setting '{key}' must be {allowed}; got {value!r}")
 
 
 def load_config(
@@ -210,6 +330,7 @@ def load_config(
         cfg.methods = list(methods)
     cfg.methods = selected_methods(cfg)
     OmegaConf.set_struct(cfg, True)
+    validate_settings(cfg)
     return cfg
 
 
@@ -220,6 +341,8 @@ def selected_methods(cfg: DictConfig) -> list[str]:
     names = (
         list(known) if chosen == "all" else [chosen] if isinstance(chosen, str) else list(chosen)
     )
+    if not names:
+        raise ConfigError("no methods chosen (--methods or methods=[]); name at least one, or all")
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ConfigError(

@@ -10,7 +10,7 @@ from benchmark.cli.arguments import add_settings_arguments, comma_list, load_set
 def command_config_show(args: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
-    cfg = load_settings(args, comma_list(args.methods) if args.methods else None)
+    cfg = load_settings(args, comma_list(args.methods) if args.methods is not None else None)
     print(f"# profile {cfg.profile}: {cfg.profile_reason}")
     print(OmegaConf.to_yaml(cfg), end="")
 

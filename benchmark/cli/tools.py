@@ -14,7 +14,7 @@ def command_perf(args: argparse.Namespace) -> None:
     print(
         run_perf(
             args.profile,
-            comma_list(args.methods) if args.methods else None,
+            comma_list(args.methods) if args.methods is not None else None,
             args.device,
             list(args.overrides),
             steps=args.steps,
