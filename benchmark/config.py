@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from benchmark.datasets.views import PRESETS
 from benchmark.errors import UserError
 from benchmark.registry import available_methods, method_config_file
 
@@ -329,9 +330,26 @@ def load_config(
     if methods is not None:
         cfg.methods = list(methods)
     cfg.methods = selected_methods(cfg)
+    _apply_common_views(cfg)
     OmegaConf.set_struct(cfg, True)
     validate_settings(cfg)
     return cfg
+
+
+def _apply_common_views(cfg: DictConfig) -> None:
+    """``pretrain.views_preset`` (null: each method's own views): every method that draws views
+    pretrains with that one preset instead of its ``views`` section, so a comparison can hold
+    the augmentations fixed (issue 22, item 6). A method's own ``pretrain.views_preset`` wins."""
+    for name in cfg.method:
+        preset = pretraining_settings(cfg, name).get("views_preset")
+        if preset is None or "views" not in cfg.method[name]:
+            continue
+        if preset not in PRESETS.names():
+            raise ConfigError(
+                f"pretrain.views_preset={preset!r} (for {name}) is not a views preset; choose "
+                f"one of {', '.join(PRESETS.names())}, or null for each method's own views"
+            )
+        cfg.method[name].views = {"preset": preset}
 
 
 def selected_methods(cfg: DictConfig) -> list[str]:

@@ -88,6 +88,13 @@ class SSLMethod(SeededStream):
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
     @classmethod
+    def display_name(cls, settings: DictConfig) -> str:
+        """How tables and figures name the method run with ``settings`` (its own
+        hyper-parameters): the registered name, unless a setting changes what the method is
+        (SparK names its mask cell). Written into every cell file, so reports need no plugin."""
+        return cls.name
+
+    @classmethod
     def scope(cls, settings: DictConfig) -> str:
         """How often the method is pretrained (``pretraining_scope``); a method whose
         settings decide it (e.g. which labels its preparation may see) overrides this."""

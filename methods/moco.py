@@ -8,6 +8,7 @@ from torch import Tensor
 from benchmark.errors import MethodConfigError
 from benchmark.method import TwoViewMethod
 from benchmark.nn.momentum import MomentumCopy, check_momentum, scheduled_momentum
+from benchmark.nn.shuffled_batchnorm import check_groups, forward_in_groups, forward_shuffled
 from benchmark.registry import register_method
 
 
@@ -21,14 +22,22 @@ class MoCo(TwoViewMethod):
     one view; its EMA copy (constant momentum) embeds the other as the positive key; InfoNCE
     contrasts it against the queue of the last ``queue_size`` keys, into which the batch's keys
     are then pushed (lightly's ``NTXentLoss`` with a memory bank).
+
+    Shuffled BatchNorm (section 3.3): as on MoCo's ``shuffle_bn_groups`` GPUs, queries are
+    normalised per group of the batch and keys per group of a shuffled batch, so a query and
+    its positive key never share their batch statistics (``benchmark/nn/shuffled_batchnorm.py``).
     """
 
     reference = "He et al., CVPR 2020; Chen et al., arXiv:2003.04297 (v2)"
     batch_statistics = "BatchNorm in the backbone normalises over the batch"
+    # MoCo's code keeps each GPU's BatchNorm to its own sub-batch; SyncBatchNorm would pool the
+    # ranks' statistics and give the key encoder the query's batch again.
+    sync_batchnorm = False
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
         check_momentum("moco", settings.momentum_start, settings.momentum_end)
+        check_groups("moco", settings.shuffle_bn_groups)
         if settings.temperature <= 0:
             raise MethodConfigError(
                 f"method.moco.temperature must be positive, got {settings.temperature}"
@@ -70,13 +79,18 @@ class MoCo(TwoViewMethod):
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         first, second = self.two_views(batch["image"])
-        queries = self.project(first)
+        groups = int(self.settings.shuffle_bn_groups)
+        queries = forward_in_groups([self.backbone, self.projection], self.project, first, groups)
         with torch.no_grad():
-            keys = self.target["projection"](self.target["backbone"](second))
+            keys = forward_shuffled([self.target], self.embed_keys, second, groups, self.rng)
         return {
             "loss": self.criterion(queries, keys),
             "embedding_std": self.embedding_std(queries),
         }
+
+    def embed_keys(self, views: Tensor) -> Tensor:
+        """The momentum encoder's keys ``[B, D]`` of views ``[B, 1, S, S, S]``."""
+        return self.target["projection"](self.target["backbone"](views))
 
     def on_train_batch_end(self, outputs, batch, batch_index) -> None:
         start, end = self.settings.momentum_start, self.settings.momentum_end

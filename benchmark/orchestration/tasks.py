@@ -15,11 +15,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from benchmark.config import config_hash
+from benchmark.config import config_hash, method_hparams
 from benchmark.errors import UserError
 from benchmark.evaluation.protocols import get_protocol
 from benchmark.nn.backbone import describe_backbone, stage_widths
 from benchmark.orchestration.plan import Plan
+from benchmark.registry import get_method
 from benchmark.results import Cell, read_json, versions, write_json_atomic
 from benchmark.rundata import RunData
 from benchmark.training.pretrain import run_pretraining
@@ -129,6 +130,7 @@ class CellTask:
         cell, cfg = self.cell, self.cfg
         return {
             "method": cell.method,
+            "method_label": method_label(cfg, cell.method),
             "protocol": cell.protocol,
             "fraction": cell.fraction,
             "fold": cell.fold,
@@ -139,6 +141,11 @@ class CellTask:
             "config": self.fingerprint,
             "versions": versions(),
         }
+
+
+def method_label(cfg: DictConfig, method: str) -> str:
+    """The name tables give ``method`` with this run's settings (``SSLMethod.display_name``)."""
+    return get_method(method).display_name(method_hparams(cfg, method))
 
 
 def _failure_text(what: str, error: BaseException) -> str:

@@ -54,6 +54,27 @@ class RunResults:
     def done(self) -> pd.DataFrame:
         return self.cells[self.cells["status"] == "done"]
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """Method -> the name its cells record (``method_label``, from the method's
+        ``display_name`` at run time); cells written before that field keep the method's name."""
+        return {
+            str(record["method"]): str(record.get("method_label") or record["method"])
+            for record in self.records.values()
+        }
+
+    @property
+    def view_presets(self) -> dict[str, str]:
+        """Pretrained method -> the views preset it pretrained with (``own settings`` for a
+        views section without a preset), read from the settings its cells record."""
+        presets = {}
+        for record in self.records.values():
+            pretraining = (record.get("config") or {}).get("pretraining") or {}
+            views = (pretraining.get("settings") or {}).get("views")
+            if views is not None:
+                presets[str(record["method"])] = views.get("preset") or "own settings"
+        return presets
+
 
 def cell_key(record: dict[str, Any]) -> tuple:
     return (

@@ -77,6 +77,8 @@ class Context:
     reference: str | None
     level: float
     alpha: float
+    labels: dict[str, str] = field(default_factory=dict)  # method -> name its cells record
+    view_presets: dict[str, str] = field(default_factory=dict)  # method -> pretraining views
 
 
 def ordered_protocols(cells: pd.DataFrame) -> list[str]:
@@ -108,6 +110,7 @@ def metric_caption(
             f"{context.replicates} resamples)"
         )
     text += f". Backbone {context.backbone}; profile {context.profile}"
+    text += views_clause(context.view_presets)
     prevalence = table["prevalence"].mean()
     chance = CHANCE[metric].format(p=prevalence, f1=2 * prevalence / (1 + prevalence))
     text += f"; {chance}. Bold: best mean per fraction."
@@ -125,6 +128,22 @@ def metric_caption(
                 f"p < {context.alpha:g}."
             )
     return text
+
+
+def views_clause(presets: dict[str, str]) -> str:
+    """``; pretraining views: ...``: the preset every pretrained method used, or which each."""
+    if not presets:
+        return ""
+    used = sorted(set(presets.values()))
+    if used == ["own settings"]:
+        return "; every pretrained method used its own views settings"
+    if len(used) == 1:
+        return f"; every pretrained method used the {used[0]} views preset"
+    groups = (
+        f"{preset} for {', '.join(sorted(m for m, p in presets.items() if p == preset))}"
+        for preset in used
+    )
+    return f"; pretraining views: {' | '.join(groups)}"
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -164,7 +183,10 @@ def _write_metric(
         protocol_tests = tests[tests["protocol"] == protocol]
         caption = metric_caption(metric, protocol, rows, protocol_tests, context)
         label = f"tab:ssl3d-{metric}-{protocol}"
-        for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
+        for notation, key in (
+            (tables.Notation(False, context.labels), "md"),
+            (tables.Notation(True, context.labels), "tex"),
+        ):
             table = tables.metric_table(
                 rows, protocol_tests, reference, caption, label, notation, context.alpha
             )
@@ -252,6 +274,8 @@ def write_report(
         reference=reference,
         level=level,
         alpha=alpha,
+        labels=results.labels,
+        view_presets=results.view_presets,
     )
     colours = figures.method_colours(list(results.cells["method"]))
     files, markdown, headline = [], {}, {}
@@ -348,7 +372,10 @@ def _write_pathology(
             f"tables/pathology.csv."
         )
         label = f"tab:ssl3d-pathology-{protocol}"
-        for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
+        for notation, key in (
+            (tables.Notation(False, context.labels), "md"),
+            (tables.Notation(True, context.labels), "tex"),
+        ):
             table = tables.pathology_table(rows, reference, caption, label, notation)
             text = (tables.latex if notation.latex else tables.markdown)(table)
             texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
@@ -372,7 +399,10 @@ def _write_localisation(
         f"of the volume a mask covers). Backbone {context.backbone}; profile {context.profile}. "
         f"Per finding and std: tables/localisation.csv."
     )
-    for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
+    for notation, key in (
+        (tables.Notation(False, context.labels), "md"),
+        (tables.Notation(True, context.labels), "tex"),
+    ):
         table = tables.localisation_table(
             localisation, reference, caption, "tab:ssl3d-localisation", notation
         )

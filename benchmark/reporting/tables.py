@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,13 @@ class Table:
 
 @dataclass(frozen=True)
 class Notation:
-    """How emphasis, marks and small print are written in Markdown or LaTeX."""
+    """How emphasis, marks, small print and method names are written in Markdown or LaTeX.
+
+    ``labels`` maps a method to the name its cells record (``method_label``, e.g.
+    ``spark (mask 8^3)``); methods without one keep their registered name."""
 
     latex: bool
+    labels: dict[str, str] = field(default_factory=dict, compare=False)
 
     def bold(self, text: str) -> str:
         return f"\\textbf{{{text}}}" if self.latex else f"**{text}**"
@@ -58,6 +62,9 @@ class Notation:
 
     def name(self, text: str) -> str:
         return latex_escape(text) if self.latex else text
+
+    def method(self, method: str) -> str:
+        return self.name(self.labels.get(method, method))
 
 
 def latex_escape(text: str) -> str:
@@ -119,7 +126,7 @@ def metric_table(
     tests = {(r.method, r.fraction): r for _, r in comparisons.iterrows()}
     rows = []
     for method in method_order(list(entries["method"]), reference):
-        cells = [notation.name(method)]
+        cells = [notation.method(method)]
         for fraction in fractions:
             found = entries[(entries["method"] == method) & (entries["fraction"] == fraction)]
             if found.empty:
@@ -155,7 +162,7 @@ def pathology_table(
     ]
     rows = []
     for method in method_order(list(table["method"]), reference):
-        cells = [notation.name(method)]
+        cells = [notation.method(method)]
         for finding in findings:
             found = table[(table["method"] == method) & (table["finding"] == finding)]
             if found.empty:
@@ -177,7 +184,7 @@ def localisation_table(
     fractions = sorted(overall["fraction"].unique())
     rows = []
     for method in method_order(list(overall["method"]), reference):
-        cells = [notation.name(method)]
+        cells = [notation.method(method)]
         for fraction in fractions:
             found = overall[(overall["method"] == method) & (overall["fraction"] == fraction)]
             if found.empty:

@@ -1,7 +1,9 @@
 """Ablation grids of a method with one command: ``ssl3d ablate METHOD --out DIR``.
 
 ``configs/ablations/<method>.yaml`` names the method and its grids; a grid maps settings to the
-values to try, and each combination of values is a *variant*. Every variant is an ordinary run
+values to try, and each combination of values is a *variant*. Optional ``settings`` (dotted
+key -> value) hold for every variant, after the profile and before the command line's
+``key=value`` (SparK's grid fixes its 64^3 input there). Every variant is an ordinary run
 of that one method with those settings, in its own folder, so variants never collide and a
 killed ablation resumes like any run::
 
@@ -89,6 +91,12 @@ def ablation_variants(spec: DictConfig, grids: Sequence[str] | None = None) -> l
     return variants
 
 
+def ablation_settings(spec: DictConfig) -> list[str]:
+    """The ``key=value`` overrides the ablation file sets for every variant."""
+    settings = OmegaConf.to_container(spec.get("settings") or {}, resolve=True)
+    return [f"{key}={value}" for key, value in settings.items()]
+
+
 def run_ablation(
     method: str,
     out: Path,
@@ -103,24 +111,25 @@ def run_ablation(
     spec = load_ablation(method)
     variants = ablation_variants(spec, grids)
     axes = list(dict.fromkeys(key for variant in variants for key, _ in variant.settings))
-    base = load_config(profile, overrides, methods=[method])
+    shared = [*ablation_settings(spec), *overrides]
+    base = load_config(profile, shared, methods=[method])
     with run_folder_lock(out, f"ssl3d ablate {method}", log):  # one writer per folder
-        return _run_variants(method, out, profile, overrides, base, variants, axes, quiet, log)
+        return _run_variants(method, out, profile, shared, base, variants, axes, quiet, log)
 
 
 def _run_variants(
     method: str,
     out: Path,
     profile: str | None,
-    overrides: Sequence[str],
+    shared: Sequence[str],
     base: DictConfig,
     variants: list[Variant],
     axes: list[str],
     quiet: bool,
     log: Callable[[str], None],
 ) -> pd.DataFrame:
-    """The variants of ``run_ablation``, under its lock."""
-    shared = list(overrides)
+    """The variants of ``run_ablation``, under its lock (``shared``: settings of every one)."""
+    shared = list(shared)
     if not base.data.manifest:
         out.mkdir(parents=True, exist_ok=True)
         shared.append(f"data.manifest={phantom_manifest(base, out, log).resolve()}")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from benchmark.errors import MethodConfigError
 from benchmark.method import SSLMethod
 from benchmark.nn.momentum import move_towards
+from benchmark.nn.shuffled_batchnorm import check_groups, forward_in_groups, forward_shuffled
 from benchmark.registry import register_method
 
 
@@ -141,12 +142,19 @@ class DrasCLR(SSLMethod):
     Loss 1 contrasts two views of a volume's patch at location l with other volumes' patches at
     l (a per-location queue of momentum-encoder keys); loss 2 takes the summed embeddings of the
     patch's nearest locations as the query for the same key; loss = loss1 + beta * loss2.
+
+    DrasCLR's code inherits MoCo's shuffled BatchNorm (He et al., CVPR 2020, sec. 3.3): queries
+    are normalised per group of volumes, keys per group of a shuffled batch of volumes (all
+    patches of a volume in one group), ``shuffle_bn_groups`` groups as on that many GPUs.
     """
 
     reference = "Yu et al., Medical Image Analysis 2024 (doi:10.1016/j.media.2023.103062)"
+    # As MoCo's code: each GPU's BatchNorm keeps to its own sub-batch (no SyncBatchNorm).
+    sync_batchnorm = False
 
     def __init__(self, backbone, settings, training):
         super().__init__(backbone, settings, training)
+        check_groups("drasclr", settings.shuffle_bn_groups)
         self.branch = LocationBranch(backbone.widths[1], backbone.feature_dim, settings.experts)
         self.projection = MoCoProjectionHead(
             backbone.feature_dim, backbone.feature_dim, settings.output_dim
@@ -214,9 +222,21 @@ class DrasCLR(SSLMethod):
         images = batch["image"]
         grid = self.patch_grid(images.shape[-1])
         coordinates, neighbours = self.grid_tensors(grid, images.device)
-        query = self.embed(grid.extract(self.augment(images)[0]), coordinates)
+        groups = int(self.settings.shuffle_bn_groups)
+        query = forward_in_groups(
+            [self.backbone, self.branch, self.projection],
+            lambda views: self.embed(grid.extract(views), coordinates),
+            self.augment(images)[0],
+            groups,
+        )
         with torch.no_grad():
-            key = self.embed(grid.extract(self.augment(images)[0]), coordinates, key=True)
+            key = forward_shuffled(
+                [self.key_backbone, self.key_branch, self.key_projection],
+                lambda views: self.embed(grid.extract(views), coordinates, key=True),
+                self.augment(images)[0],
+                groups,
+                self.rng,
+            )
         temperature = float(self.settings.temperature)
         local = info_nce(query, key, self.queue.keys, temperature).mean()
         neighbourhood = info_nce(

@@ -75,6 +75,12 @@ class SparK(SSLMethod):
         # in 3D): each stride-2 voxel predicts its 2^3 voxels linearly.
         self.head = nn.ConvTranspose3d(decoder_widths[-1], 1, kernel_size=2, stride=2)
 
+    @classmethod
+    def display_name(cls, settings) -> str:
+        """``spark (mask 8^3)``: SparK masks at the encoder's output stride (32); smaller cells
+        are a different design point, so every table says which was run."""
+        return f"{cls.name} (mask {settings.mask_cell_size}^3)"
+
     def check_geometry(self, size: int) -> None:
         """Reject a volume size that the mask cells or the encoder's strides do not tile."""
         cells = size // self.cell

@@ -299,6 +299,7 @@ def test_smoke_grid_exports_a_plain_encoder_a_decoder_and_a_figure(tmp_path, man
     unit = tmp_path / "pretrain" / "spark"
     cells = list((tmp_path / "cells" / "spark").rglob("*.json"))
     assert cells and all('"status": "done"' in path.read_text() for path in cells)
+    assert all('"method_label": "spark (mask 4^3)"' in path.read_text() for path in cells)
     state = torch.load(unit / "encoder.pt", weights_only=True)
     monai_resnet18(stage_widths(cfg.backbone.width_multiplier)).load_state_dict(state, strict=True)
     decoder = torch.load(unit / "decoder.pt", weights_only=True)
