@@ -11,6 +11,7 @@
     ssl3d new-method NAME
     ssl3d config show [--profile P] [key=value ...]
     ssl3d data phantom --out DIR --labelled N --unlabelled M --size S --seed K
+    ssl3d data import bids|medmnist|folder SOURCE --out DIR [options]
     ssl3d data splits MANIFEST --out splits.csv
     ssl3d data check MANIFEST
     ssl3d data show MANIFEST --out FILE.png
