@@ -4,6 +4,7 @@ and figures of a run folder)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from benchmark.cli.arguments import add_settings_arguments, comma_list, load_settings, positive_int
@@ -44,6 +45,8 @@ def command_run(args: argparse.Namespace) -> None:
     print(report.markdown)
     for note in report.notes:
         print(f"note: {note}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def command_report(args: argparse.Namespace) -> None:
@@ -64,6 +67,8 @@ def command_report(args: argparse.Namespace) -> None:
     print(report.texts[FORMATS[args.format]])
     for note in report.notes:
         print(f"note: {note}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
