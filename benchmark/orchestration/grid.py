@@ -25,6 +25,7 @@ from benchmark.orchestration.plan import (
     find_conflicts,
     plan_run,
 )
+from benchmark.orchestration.progress import GridProgress
 from benchmark.orchestration.tasks import GridRun
 from benchmark.rundata import prepare_data
 from benchmark.training.runtime import process_ranks
@@ -33,17 +34,23 @@ __all__ = ["ResultConflictError", "run_grid"]
 
 
 class RunLog:
-    """Prints progress lines and appends them to ``OUT/run.log``."""
+    """Prints progress lines and appends them to ``OUT/run.log``; on a terminal the grid's
+    progress line (``progress``) stays below them."""
 
     def __init__(self, out: Path, quiet: bool = False):
         self.path = out / "run.log"
         self.quiet = quiet
         self.started = time.perf_counter()
+        self.progress: GridProgress | None = None
 
     def __call__(self, message: str) -> None:
         line = f"[{time.perf_counter() - self.started:7.1f}s] {message}"
         if not self.quiet:
+            if self.progress:
+                self.progress.clear()
             print(line, flush=True)
+            if self.progress:
+                self.progress.redraw()
         with self.path.open("a") as handle:
             handle.write(line + "\n")
 
@@ -70,5 +77,12 @@ def run_grid(cfg: DictConfig, out: Path, force: bool = False, quiet: bool = Fals
         log(f"--force: recomputing {path}")
     if main_rank:
         OmegaConf.save(cfg, out / "run.yaml")
-    executor.run(GridRun(cfg, out, data, plan, log))
+    units = sum(len(method_units) for method_units in plan.units.values())
+    progress = GridProgress(units, len(plan.cells), draw=False if quiet or not main_rank else None)
+    if isinstance(log, RunLog):
+        log.progress = progress
+    try:
+        executor.run(GridRun(cfg, out, data, plan, log, progress=progress))
+    finally:
+        progress.clear()
     return plan
