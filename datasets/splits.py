@@ -98,6 +98,46 @@ def make_splits(
     return splits.sort_values(["seed", "fold", "subject_id"], ignore_index=True)
 
 
+def given_splits(
+    table: pd.DataFrame,
+    partition_of: dict[str, str],
+    seeds: tuple[int, ...] = (0,),
+    fractions: tuple[float, ...] = PAPER_FRACTIONS,
+) -> pd.DataFrame:
+    """The split table of a cohort that comes with its own train/val/test assignment.
+
+    `partition_of` maps every labelled subject to `train`, `val` or `test` (e.g. MedMNIST's
+    official split). The result has one fold (fold 0) per seed whose test and validation sets
+    are the given ones; seeds vary only the nested, stratified label-fraction subsets of the
+    given training set, drawn as `make_splits` draws them.
+    """
+    fractions = _check_arguments(0.0, 2, seeds, fractions)
+    subjects = subject_labels(table)
+    unknown = sorted(set(subjects.index) - set(partition_of))
+    bad = sorted({p for p in partition_of.values() if p not in PARTITIONS})
+    if unknown or bad:
+        raise SplitError(
+            f"every labelled subject needs a partition in {PARTITIONS}: "
+            f"{len(unknown)} have none (first: {unknown[:3]}), unknown partitions {bad}."
+        )
+    partition = subjects.index.map(partition_of)
+    for name in ("test", "val"):
+        _require_both_labels(
+            subjects[partition == name], f"the given {name} set", "Check the source's labels."
+        )
+    training = subjects[partition == "train"]
+    rows = []
+    for seed in seeds:
+        order = _stratified_order(training, np.random.default_rng([seed, FRACTION_STREAM, 0]))
+        fraction_of = _smallest_fractions(training.loc[order], fractions, f"seed {seed}")
+        rows += [
+            (seed, 0, s, p, math.nan) for s, p in zip(subjects.index, partition) if p != "train"
+        ]
+        rows += [(seed, 0, s, "train", f) for s, f in zip(order, fraction_of)]
+    splits = pd.DataFrame(rows, columns=SPLIT_COLUMNS)
+    return splits.sort_values(["seed", "fold", "subject_id"], ignore_index=True)
+
+
 def subject_labels(table: pd.DataFrame) -> pd.DataFrame:
     """Per labelled subject (index, sorted): `sinuses`, `anomalous` and the `stratum` name."""
     labelled = table[table["label"].notna()]

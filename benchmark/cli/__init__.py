@@ -11,9 +11,11 @@
     ssl3d new-method NAME
     ssl3d config show [--profile P] [key=value ...]
     ssl3d data phantom --out DIR --labelled N --unlabelled M --size S --seed K
+    ssl3d data import bids|medmnist|folder SOURCE --out DIR [options]
     ssl3d data splits MANIFEST --out splits.csv
     ssl3d data check MANIFEST
     ssl3d data show MANIFEST --out FILE.png
+    ssl3d export RUN --method M --out DIR [--seed S] [--fold K] [--fraction F] [--license L]
     ssl3d perf [--profile P] [--methods a,b] [--device cpu|cuda] [--json FILE] [--estimate]
 
 Problems with the user's input print one clear ``error:`` line and exit with status 2.

@@ -1,19 +1,18 @@
-"""``ssl3d data``: cohorts (the phantom, split files, checks, pictures)."""
+"""``ssl3d data``: cohorts (the phantom, importers, split files, checks, pictures)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from benchmark.cli.arguments import comma_list
-from benchmark.errors import UserError
 
 
 def command_data_phantom(args: argparse.Namespace) -> None:
+    from benchmark.datasets.importers import prepare_output
     from benchmark.datasets.phantom import generate_phantom
 
-    refuse_non_empty(Path(args.out), args.force)
+    prepare_output(args.out, args.force)
     manifest = generate_phantom(
         args.out,
         labelled=args.labelled,
@@ -26,17 +25,6 @@ def command_data_phantom(args: argparse.Namespace) -> None:
         workers=args.workers,
     )
     print(f"wrote {manifest}")
-
-
-def refuse_non_empty(out: Path, force: bool) -> None:
-    """A cohort command writes a whole folder: it never mixes its files into a user's."""
-    if out.is_file():
-        raise UserError(f"--out {out}: a file of that name exists; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(
-            f"--out {out} is not empty (first: {next(out.iterdir()).name}); give an empty or new "
-            "folder, or --force to write into it (files of the same name are replaced)"
-        )
 
 
 def command_data_splits(args: argparse.Namespace) -> None:
@@ -77,6 +65,73 @@ def command_data_show(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def command_data_import(args: argparse.Namespace) -> None:
+    from benchmark.datasets import importers
+
+    if args.source_format == "bids":
+        result = importers.import_bids(
+            args.source, args.out, args.label_column, args.positive, args.suffix, args.force
+        )
+    elif args.source_format == "medmnist":
+        result = importers.import_medmnist(
+            args.source,
+            args.out,
+            args.positive_class,
+            seeds=tuple(int(s) for s in comma_list(args.seeds)),
+            fractions=tuple(float(f) for f in comma_list(args.fractions)),
+            force=args.force,
+        )
+    else:
+        result = importers.import_folder(
+            args.source,
+            args.out,
+            args.labels,
+            args.file_column,
+            args.label_column,
+            args.positive,
+            args.force,
+        )
+    for note in result.notes:
+        print(note)
+
+
+def _add_import_commands(data_commands: argparse._SubParsersAction) -> None:
+    importer = data_commands.add_parser(
+        "import", help="write a manifest (and NIfTI files) from BIDS, MedMNIST-3D or a folder"
+    )
+    formats = importer.add_subparsers(dest="source_format", required=True)
+    bids = formats.add_parser("bids", help="a BIDS dataset labelled by participants.tsv")
+    bids.add_argument("source", help="the BIDS dataset's root folder")
+    bids.add_argument(
+        "--label-column", required=True, help="the participants.tsv column with the labels"
+    )
+    bids.add_argument("--positive", required=True, help="the value that is label 1 (anomalous)")
+    bids.add_argument("--suffix", help="keep only *_<SUFFIX>.nii[.gz] images, e.g. T1w")
+    medmnist = formats.add_parser("medmnist", help="a MedMNIST-3D .npz archive")
+    medmnist.add_argument("source", help="the .npz archive, e.g. nodulemnist3d.npz")
+    medmnist.add_argument(
+        "--positive-class",
+        type=int,
+        help="multi-class archives: the class that is label 1, every other class is 0",
+    )
+    medmnist.add_argument("--seeds", default="0,1,2", help="seeds of the split file")
+    medmnist.add_argument(
+        "--fractions", default="0.1,0.2,0.4,0.6,0.8,1.0", help="label fractions of the split file"
+    )
+    folder = formats.add_parser("folder", help="a folder of NIfTI files and a labels CSV")
+    folder.add_argument("source", help="the folder of .nii/.nii.gz files")
+    folder.add_argument("--labels", required=True, help="CSV with a file name and a label column")
+    folder.add_argument("--file-column", default="file", help="the CSV's file name column")
+    folder.add_argument("--label-column", default="label", help="the CSV's label column")
+    folder.add_argument(
+        "--positive", help="the value that is label 1 (default: labels are already 0/1)"
+    )
+    for parser in (bids, medmnist, folder):
+        parser.add_argument("--out", required=True, help="an empty folder for the manifest")
+        parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
+        parser.set_defaults(handler=command_data_import)
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to ``ssl3d``."""
     data = commands.add_parser("data", help="cohorts: phantom, splits, checks, pictures")
@@ -99,6 +154,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="write into a non-empty --out (replaces its cohort)"
     )
     phantom.set_defaults(handler=command_data_phantom)
+
+    _add_import_commands(data_commands)
 
     splits = data_commands.add_parser(
         "splits", help="make the subject-grouped split file of a manifest"

@@ -4,6 +4,7 @@ and figures of a run folder)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def command_run(args: argparse.Namespace) -> None:
     print(report.markdown)
     for note in report.notes:
         print(f"note: {note}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def command_report(args: argparse.Namespace) -> None:
@@ -68,6 +71,8 @@ def command_report(args: argparse.Namespace) -> None:
     print(report.texts[FORMATS[args.format]])
     for note in report.notes:
         print(f"note: {note}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

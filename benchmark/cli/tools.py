@@ -1,4 +1,5 @@
-"""``ssl3d perf``: pretraining throughput of every method (docs/perf.md)."""
+"""``ssl3d perf`` (pretraining throughput of every method, docs/perf.md) and ``ssl3d export``
+(a pretrained encoder as safetensors with a model card)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def command_perf(args: argparse.Namespace) -> None:
     )
 
 
+def command_export(args: argparse.Namespace) -> None:
+    from benchmark.tools.export import export_encoder
+
+    for path in export_encoder(
+        args.run, args.method, args.out, args.seed, args.fold, args.fraction, args.license
+    ):
+        print(f"wrote {path}")
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to ``ssl3d``."""
     perf = commands.add_parser("perf", help="measure pretraining throughput of every method")
@@ -42,3 +52,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--estimate", action="store_true", help="estimate the paper grid's wall time")
     perf.add_argument("--cache", default="results/perf", help="where the perf phantom is kept")
     perf.set_defaults(handler=command_perf)
+
+    export = commands.add_parser(
+        "export", help="a pretrained encoder as model.safetensors, config.json and a model card"
+    )
+    export.add_argument("run", help="a run folder")
+    export.add_argument("--method", required=True, help="the method whose encoder is exported")
+    export.add_argument("--out", required=True, help="the folder to write")
+    export.add_argument("--seed", type=int, help="fold- or fraction-scoped methods: the seed")
+    export.add_argument("--fold", type=int, help="fold- or fraction-scoped methods: the fold")
+    export.add_argument("--fraction", type=float, help="fraction-scoped methods: the fraction")
+    export.add_argument(
+        "--license", default="unspecified", help="the licence the model card states"
+    )
+    export.set_defaults(handler=command_export)

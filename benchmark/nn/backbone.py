@@ -43,10 +43,11 @@ def describe_backbone(widths: tuple[int, ...]) -> str:
 
 def monai_resnet18(widths: tuple[int, ...] = PAPER_WIDTHS) -> ResNet:
     """A plain MONAI 3D ResNet18 with these widths, the target of every exported encoder."""
-    return ResNet(**_resnet18_arguments(widths))
+    return ResNet(**resnet18_arguments(widths))
 
 
-def _resnet18_arguments(widths: tuple[int, ...]) -> dict:
+def resnet18_arguments(widths: tuple[int, ...]) -> dict:
+    """The ``monai.networks.nets.ResNet`` arguments of the backbone (and of shared encoders)."""
     return dict(
         block="basic",
         layers=[2, 2, 2, 2],
@@ -88,7 +89,7 @@ class ResNet18(ResNet):
     """MONAI's 3D ResNet18 that also exposes its multi-scale feature maps."""
 
     def __init__(self, widths: tuple[int, ...] = PAPER_WIDTHS):
-        super().__init__(**_resnet18_arguments(widths))
+        super().__init__(**resnet18_arguments(widths))
         self.widths = tuple(widths)
         for module in self.modules():
             if type(module) is nn.Conv3d:
@@ -141,9 +142,27 @@ def save_encoder(backbone: ResNet18, path: str | Path) -> None:
     os.replace(temporary, path)
 
 
+def save_encoder_safetensors(
+    backbone: ResNet18, path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write the same state dict as ``encoder.pt`` as ``safetensors`` (no pickle; the format
+    models are shared in), atomically; ``metadata`` goes into the file's header."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {key: value.contiguous() for key, value in backbone.encoder_state_dict().items()}
+    save_file(state, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
+
+
 def load_encoder(path: str | Path, widths: tuple[int, ...]) -> ResNet18:
-    """A backbone with the weights of an exported ``encoder.pt`` (strict)."""
+    """A backbone with the weights of an exported ``encoder.pt`` or ``.safetensors`` (strict)."""
     backbone = ResNet18(widths)
+    if Path(path).suffix == ".safetensors":
+        backbone.load_state_dict(_read_safetensors(Path(path)), strict=True)
+        return backbone
     try:  # weights only: a run folder may come from someone else (benchmark/results.py)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -158,3 +177,15 @@ def load_encoder(path: str | Path, widths: tuple[int, ...]) -> ResNet18:
         ) from error
     backbone.load_state_dict(state, strict=True)
     return backbone
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as error:
+        raise UserError(f"{path}: not a readable safetensors file ({error})") from error

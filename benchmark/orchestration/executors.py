@@ -59,7 +59,7 @@ class LocalExecutor:
         methods = list(grid.cfg.methods)
         for group in [methods] if ranks.world_size > 1 else [[m] for m in methods]:
             outcomes = {
-                task.unit: task(grid.data, grid.log)
+                task.unit: grid.run_unit(task)
                 for method in group
                 for task in grid.unit_tasks(method)
             }
@@ -113,7 +113,9 @@ class RayExecutor:
             upstream: dict = {}
             for task in grid.unit_tasks(method):
                 upstream[task.unit] = task.finished()
-                if upstream[task.unit] is None:
+                if upstream[task.unit] is not None:
+                    grid.unit_finished(task, ran=False)
+                else:
                     upstream[task.unit], lines = pretrain.remote(task, data)
                     units[upstream[task.unit]] = (task, lines)
             for task in grid.cell_tasks(method):
@@ -133,6 +135,7 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
 
     def _unit_finished(self, grid: GridRun, task: UnitTask, lines: Any, outcome: Any) -> None:
+        grid.unit_finished(task)
         try:
             for line in self._result(lines):
                 grid.log(line)

@@ -28,6 +28,7 @@ from benchmark.orchestration.plan import (
     find_conflicts,
     plan_run,
 )
+from benchmark.orchestration.progress import GridProgress
 from benchmark.orchestration.tasks import GridRun
 from benchmark.rundata import stage_data
 from benchmark.training.runtime import process_ranks
@@ -36,7 +37,8 @@ __all__ = ["ResultConflictError", "run_grid"]
 
 
 class RunLog:
-    """Prints progress lines and appends them to ``OUT/run.log``.
+    """Prints progress lines and appends them to ``OUT/run.log``; on a terminal the grid's
+    progress line (``progress``) stays below them.
 
     Until ``keep`` is called the lines are only printed and held: a run refused by its checks
     leaves ``run.log`` as it was."""
@@ -46,11 +48,16 @@ class RunLog:
         self.quiet = quiet
         self.started = time.perf_counter()
         self.held: list[str] | None = []
+        self.progress: GridProgress | None = None
 
     def __call__(self, message: str) -> None:
         line = f"[{time.perf_counter() - self.started:7.1f}s] {message}"
         if not self.quiet:
+            if self.progress:
+                self.progress.clear()
             print(line, flush=True)
+            if self.progress:
+                self.progress.redraw()
         if self.held is not None:
             self.held.append(line)
             return
@@ -117,5 +124,13 @@ def _run_checked(
             on_accept()
     for path in conflicts:
         log(f"--force: recomputing {path}")
-    executor.run(GridRun(cfg, out, pending.data, plan, log))
+    units = sum(len(method_units) for method_units in plan.units.values())
+    draw = False if run_log is None or run_log.quiet else None
+    progress = GridProgress(units, len(plan.cells), draw=draw)
+    if run_log:
+        run_log.progress = progress
+    try:
+        executor.run(GridRun(cfg, out, pending.data, plan, log, progress=progress))
+    finally:
+        progress.clear()
     return plan

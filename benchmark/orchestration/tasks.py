@@ -20,6 +20,7 @@ from benchmark.errors import UserError
 from benchmark.evaluation.protocols import get_protocol
 from benchmark.nn.backbone import describe_backbone, stage_widths
 from benchmark.orchestration.plan import Plan
+from benchmark.orchestration.progress import GridProgress
 from benchmark.registry import get_method
 from benchmark.results import Cell, read_json, versions, write_json_atomic
 from benchmark.rundata import RunData
@@ -157,8 +158,10 @@ def _failure_text(what: str, error: BaseException) -> str:
 class GridRun:
     """A planned run as an executor sees it: the tasks of each method, and the progress log.
 
-    An executor runs every method's unit tasks, each cell task after its unit, and reports
-    each cell with ``cell_finished`` (the log's ``[done/total]`` counter counts skipped cells).
+    An executor runs every method's unit tasks (through ``run_unit``, or reporting each with
+    ``unit_finished``), each cell task after its unit, and reports each cell with
+    ``cell_finished`` (the log's ``[done/total]`` counter counts skipped cells). ``progress``
+    draws the grid's progress line and estimates the time left.
     """
 
     cfg: DictConfig
@@ -167,6 +170,21 @@ class GridRun:
     plan: Plan
     log: Callable[[str], None]
     cells_finished: int = 0
+    progress: GridProgress | None = None
+
+    def run_unit(self, task: UnitTask) -> UnitOutcome:
+        """Run a unit task in this process, with its progress reported."""
+        ran = task.finished() is None
+        if self.progress and ran:
+            self.progress.unit_started(task.unit.title)
+        outcome = task(self.data, self.log)
+        self.unit_finished(task, ran)
+        return outcome
+
+    def unit_finished(self, task: UnitTask, ran: bool = True) -> None:
+        """Count a unit (``ran`` False: finished before, so it took no time)."""
+        if self.progress:
+            self.progress.unit_finished(task.unit.title, ran)
 
     def unit_tasks(self, method: str) -> list[UnitTask]:
         return [
@@ -191,6 +209,9 @@ class GridRun:
     def cell_finished(self, task: CellTask, summary: str | None) -> None:
         """Count a cell; log its summary unless it was skipped (``None``: done before)."""
         self.cells_finished += 1
+        if self.progress:
+            self.progress.cell_finished(task.cell.title, summary is not None)
         if summary is not None:
             total = len(self.plan.cells)
-            self.log(f"[{self.cells_finished}/{total}] {task.cell.title}: {summary}")
+            left = f"; {self.progress.estimate()}" if self.progress else ""
+            self.log(f"[{self.cells_finished}/{total}] {task.cell.title}: {summary}{left}")

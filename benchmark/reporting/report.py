@@ -36,6 +36,7 @@ from benchmark.reporting.summaries import (
     localisation_results,
     pathology_results,
 )
+from benchmark.reporting.versions import mixed_versions_warning
 
 HEADLINE_PROTOCOL = "finetune"
 CHANCE = {
@@ -63,6 +64,7 @@ class Report:
     files: list[Path]
     notes: list[str] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)  # the chosen metric's table per format
+    warnings: list[str] = field(default_factory=list)  # shown first in report.md and printed
 
 
 @dataclass
@@ -255,6 +257,7 @@ def write_report(
             f"{out}: no cell has finished ({len(results.cells)} failed or missing); see run.log"
         )
     notes = list(results.notes)
+    warnings = [text for text in [mixed_versions_warning(results.records.values())] if text]
     reference = _check_reference(results.cells, reference)
     if reference is None:
         notes.append("no reference method (residual or scratch) finished: no paired tests")
@@ -344,9 +347,9 @@ def write_report(
         headline[metric][0], headline[metric][1], results, test_set, pathology, localisation,
         losses, protocols, chosen, metric, reference, colours, context, out,
     )  # fmt: skip
-    files.append(_write_overview(out, markdown, notes, files))
+    files.append(_write_overview(out, markdown, notes, files, warnings))
     summary, _, texts = headline[metric]
-    return Report(summary, texts["md"], files, notes, texts)
+    return Report(summary, texts["md"], files, notes, texts, warnings)
 
 
 def _write_pathology(
@@ -519,10 +522,12 @@ def _at(table: pd.DataFrame, protocol: str, fraction: float) -> pd.DataFrame:
 
 
 def _write_overview(
-    out: Path, markdown: dict[str, str], notes: list[str], files: list[Path]
+    out: Path, markdown: dict[str, str], notes: list[str], files: list[Path], warnings: list[str]
 ) -> Path:
-    """``report.md``: every Markdown table, the notes and links to the figures."""
+    """``report.md``: the warnings, every Markdown table, the notes and links to the figures."""
     sections = ["# ssl3d report", ""]
+    if warnings:
+        sections += ["## Warnings", "", *(f"- **{warning}**" for warning in warnings), ""]
     if notes:
         sections += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     titles = {
