@@ -20,6 +20,7 @@ from benchmark.errors import UserError
 from benchmark.evaluation.protocols import get_protocol
 from benchmark.nn.backbone import describe_backbone, stage_widths
 from benchmark.orchestration.plan import Plan
+from benchmark.registry import get_method
 from benchmark.results import Cell, read_json, versions, write_json_atomic
 from benchmark.rundata import RunData
 from benchmark.training.pretrain import run_pretraining
@@ -127,8 +128,12 @@ class CellTask:
 
     def _record(self) -> dict:
         cell, cfg = self.cell, self.cfg
+        method = get_method(cell.method)
         return {
             "method": cell.method,
+            # What the method is in a comparison, for the report (SSLMethod.role, .protocols).
+            "role": method.role,
+            "evaluated_by": None if method.protocols is None else list(method.protocols),
             "protocol": cell.protocol,
             "fraction": cell.fraction,
             "fold": cell.fold,

@@ -28,12 +28,14 @@ from benchmark.reporting import figures, tables
 from benchmark.reporting.collect import RunResults, collect
 from benchmark.reporting.summaries import (
     METRICS,
+    ROLE_LABELS,
     Bootstrap,
     FixedTestSet,
     comparisons,
     default_reference,
     entries,
     localisation_results,
+    method_roles,
     pathology_results,
 )
 
@@ -77,6 +79,8 @@ class Context:
     reference: str | None
     level: float
     alpha: float
+    roles: dict[str, str] = field(default_factory=dict)  # method -> SSLMethod.role
+    evaluated_by: dict[str, list[str]] = field(default_factory=dict)  # only the restricted
 
 
 def ordered_protocols(cells: pd.DataFrame) -> list[str]:
@@ -111,6 +115,21 @@ def metric_caption(
     prevalence = table["prevalence"].mean()
     chance = CHANCE[metric].format(p=prevalence, f1=2 * prevalence / (1 + prevalence))
     text += f"; {chance}. Bold: best mean per fraction."
+    marked = [
+        m for m in dict.fromkeys(table["method"]) if context.roles.get(m, "method") != "method"
+    ]
+    if marked:
+        text += (
+            f" {', '.join(marked)}: listed after the methods and never bold, as "
+            f"{' / '.join(sorted({ROLE_LABELS[context.roles[m]] for m in marked}))}."
+        )
+    skipped = {m: p for m, p in context.evaluated_by.items() if protocol not in p}
+    if skipped:
+        text += (
+            " Not in this table: "
+            + "; ".join(f"{m} (evaluated by {', '.join(p)} only)" for m, p in skipped.items())
+            + "."
+        )
     tested = tests[tests["pairs"] > 0]
     if context.reference and len(tested):
         text += (
@@ -155,7 +174,7 @@ def _write_metric(
     columns = [
         "method", "fraction", "mean", "std", "n", "failed", "missing", "ci_low", "ci_high",
         "prevalence", "reference", "pairs", "difference", "p_bootstrap", "p_bootstrap_holm",
-        "p_wilcoxon", "p_wilcoxon_holm", "protocol",
+        "p_wilcoxon", "p_wilcoxon_holm", "protocol", "role",
     ]  # fmt: skip
     merged = merged[columns]
     texts = {"md": [], "tex": []}
@@ -252,6 +271,12 @@ def write_report(
         reference=reference,
         level=level,
         alpha=alpha,
+        roles=method_roles(results.cells),
+        evaluated_by={
+            record["method"]: list(record["evaluated_by"])
+            for record in results.records.values()
+            if record.get("evaluated_by")
+        },
     )
     colours = figures.method_colours(list(results.cells["method"]))
     files, markdown, headline = [], {}, {}
@@ -333,6 +358,7 @@ def _write_pathology(
     context: Context,
     out: Path,
 ) -> list[Path]:
+    pathology = pathology.assign(role=pathology["method"].map(context.roles).fillna("method"))
     files = [_csv(pathology, out / "tables" / "pathology.csv")]
     texts = {"md": [], "tex": []}
     for protocol in protocols:
@@ -349,7 +375,7 @@ def _write_pathology(
         )
         label = f"tab:ssl3d-pathology-{protocol}"
         for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
-            table = tables.pathology_table(rows, reference, caption, label, notation)
+            table = tables.pathology_table(rows, reference, caption, label, notation, context.roles)
             text = (tables.latex if notation.latex else tables.markdown)(table)
             texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
     for key in ("md", "tex"):
@@ -362,6 +388,9 @@ def _write_pathology(
 def _write_localisation(
     localisation: pd.DataFrame, reference: str | None, context: Context, out: Path
 ) -> list[Path]:
+    localisation = localisation.assign(
+        role=localisation["method"].map(context.roles).fillna("method")
+    )
     files = [_csv(localisation, out / "tables" / "localisation.csv")]
     overall = localisation[localisation["finding"] == "all"]
     caption = (
@@ -374,7 +403,7 @@ def _write_localisation(
     )
     for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
         table = tables.localisation_table(
-            localisation, reference, caption, "tab:ssl3d-localisation", notation
+            localisation, reference, caption, "tab:ssl3d-localisation", notation, context.roles
         )
         path = out / "tables" / f"localisation.{key}"
         path.write_text((tables.latex if notation.latex else tables.markdown)(table))
@@ -401,7 +430,7 @@ def _summary_page(
     """``figures/summary.{png,pdf}``: six panels a user can put on one slide."""
     label = figures.LABELS[metric]
     headline = HEADLINE_PROTOCOL if HEADLINE_PROTOCOL in protocols else protocols[0]
-    methods = tables.method_order(list(results.done["method"]), reference)
+    methods = tables.method_order(list(results.done["method"]), reference, context.roles)
     at_fraction = summary[summary["fraction"] == fraction]
     marks = {
         (row.protocol, row.method): tables.significance_marks(row, context.alpha)
@@ -442,7 +471,7 @@ def _summary_page(
     panels.append(
         (
             f"Recall per finding at fraction {fraction:g} ({headline})",
-            (lambda axis: figures.draw_finding_recall(axis, rows, methods, colours))
+            (lambda axis: figures.draw_finding_recall(axis, rows, methods, colours, context.roles))
             if len(rows)
             else (
                 lambda axis: figures.draw_note(axis, "skipped: the cohort records no pathologies")
@@ -454,7 +483,7 @@ def _summary_page(
     panels.append(
         (
             f"Grad-CAM localisation at fraction {fraction:g}",
-            (lambda axis: figures.draw_localisation(axis, located, methods, colours))
+            (lambda axis: figures.draw_localisation(axis, located, methods, colours, context.roles))
             if len(located)
             else (lambda axis: figures.draw_note(axis, "skipped: no masks (or no finetune cells)")),
         )
