@@ -120,8 +120,9 @@ def metric_caption(
     ]
     if marked:
         text += (
-            f" {', '.join(marked)}: listed after the methods and never bold, as "
-            f"{' / '.join(sorted({ROLE_LABELS[context.roles[m]] for m in marked}))}."
+            " Not ranked (listed after the methods, never bold): "
+            + "; ".join(f"{m} ({ROLE_LABELS[context.roles[m]]})" for m in marked)
+            + "."
         )
     skipped = {m: p for m, p in context.evaluated_by.items() if protocol not in p}
     if skipped:

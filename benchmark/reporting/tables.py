@@ -66,7 +66,7 @@ class Notation:
     def method(self, method: str, roles: dict[str, str]) -> str:
         """A row's method name, with what it is when it is no competing method."""
         suffix = role_suffix(roles.get(method))
-        return self.name(method) + (self.small(self.name(suffix)) if suffix else "")
+        return self.name(method) + (f" {self.small(self.name(suffix.strip()))}" if suffix else "")
 
 
 def latex_escape(text: str) -> str:
