@@ -175,7 +175,7 @@ def _write_metric(
     columns = [
         "method", "fraction", "mean", "std", "n", "failed", "missing", "ci_low", "ci_high",
         "prevalence", "reference", "pairs", "difference", "p_bootstrap", "p_bootstrap_holm",
-        "p_wilcoxon", "p_wilcoxon_holm", "protocol", "role",
+        "p_wilcoxon", "p_wilcoxon_holm", "role", "protocol",
     ]  # fmt: skip
     merged = merged[columns]
     texts = {"md": [], "tex": []}
