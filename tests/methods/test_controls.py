@@ -135,7 +135,7 @@ def test_a_smoke_run_has_marked_control_and_baseline_rows_in_every_table(tmp_pat
     }  # fmt: skip
     markdown = (tmp_path / "tables" / "auprc.md").read_text()
     linear = markdown.split("protocol `linear`")[1]
-    rows = [line for line in linear.splitlines() if line.startswith("| ")][2:]
+    rows = [line for line in linear.splitlines() if line.startswith("| ")][1:]  # no header
     assert rows[0].startswith("| scratch | **")  # the only competing method: bold
     assert rows[1].startswith("| supervised (positive control: uses labels beyond the cell) |")
     assert rows[2].startswith("| intensity_features (baseline: fixed features, nothing learned) |")
