@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightly.models.utils import get_weight_decay_parameters
@@ -53,9 +54,16 @@ class SSLMethod(SeededStream):
     """A self-supervised method on the shared 3D ResNet18.
 
     Subclasses implement ``pretraining_loss``; they may override ``prepare`` (cached stages
-    such as an autoencoder), ``check_settings`` (reject impossible settings early), ``export``
-    (more files next to ``encoder.pt``) and the Lightning hooks (for example an EMA update in
+    such as an autoencoder), ``pretraining_rows`` (train on other volumes than the pool),
+    ``check_settings`` (reject impossible settings early), ``export`` (more files next to
+    ``encoder.pt``) and the Lightning hooks (for example an EMA update in
     ``on_train_batch_end``).
+
+    Class attributes that tell the harness what a method is: ``role`` (``method``, or a
+    ``positive_control`` that uses labels beyond the cell, or a ``baseline`` that learns
+    nothing; tables mark both and list them after the methods, never bold), ``protocols`` (the
+    evaluation protocols it may be evaluated by; None = all) and ``frozen_features`` (a method
+    whose "encoder" is a fixed function of the volume rather than a ResNet18).
 
     Args:
         backbone: the shared ResNet18; what fine-tuning receives is ``self.encoder``.
@@ -68,6 +76,8 @@ class SSLMethod(SeededStream):
     config_file: ClassVar[str | None] = None
     pretraining_scope: ClassVar[str] = "run"  # run | fold | fraction (benchmark/training/units.py)
     needs_pretraining: ClassVar[bool] = True
+    role: ClassVar[str] = "method"  # method | positive_control | baseline
+    protocols: ClassVar[tuple[str, ...] | None] = None  # evaluation protocols; None = all
     # Under data-parallel pretraining every rank holds a share of the batch; SyncBatchNorm
     # normalises over the whole batch, as one device would (SimCLR, BYOL and their successors
     # train with it). A method whose BatchNorm layers cannot be swapped for torch's sets False.
@@ -100,6 +110,13 @@ class SSLMethod(SeededStream):
         settings decide it (e.g. which labels its preparation may see) overrides this."""
         return cls.pretraining_scope
 
+    @classmethod
+    def frozen_features(cls, images: Tensor) -> Tensor | None:
+        """Features ``[N, D]`` of volumes ``[N, 1, S, S, S]`` that the probe protocols use
+        instead of a ResNet18's pooled features, for a method whose "encoder" is a fixed
+        function (a baseline); None (the default): probe the method's encoder."""
+        return None
+
     @property
     def encoder(self) -> ResNet18:
         """The backbone that fine-tuning receives (exported as ``encoder.pt``)."""
@@ -121,6 +138,12 @@ class SSLMethod(SeededStream):
 
     def prepare(self, context: PretrainingContext) -> None:
         """Compute what the method needs before training (cached with ``context.stage``)."""
+
+    def pretraining_rows(self, context: PretrainingContext) -> tuple[np.ndarray, np.ndarray]:
+        """Cohort rows of the volumes to train on and of those for the validation loss;
+        called after ``prepare``. By default the unit's pretraining pool (``pool_rows``,
+        ``pool_val_rows``); a method that trains on labelled volumes chooses its own."""
+        return context.pool_rows, context.pool_val_rows
 
     def export(self, context: PretrainingContext) -> None:
         """Write files the method adds to ``encoder.pt`` (a decoder, a figure) into

@@ -126,6 +126,7 @@ def cell_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
             key: record.get(key)
             for key in ("method", "protocol", "fraction", "fold", "seed", "status")
         }
+        row["role"] = record.get("role") or "method"
         row.update(record.get("metrics") or {})
         row["prevalence"] = record.get("prevalence")
         row["threshold"] = record.get("threshold")

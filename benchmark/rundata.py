@@ -12,6 +12,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from benchmark.datasets.cohort import Cohort, load_cohort
-from benchmark.datasets.manifest import read_manifest
+from benchmark.datasets.manifest import LABEL_WORDS, SIDE_WORDS, read_manifest
 from benchmark.datasets.phantom import generate_phantom
 from benchmark.datasets.splits import (
     check_pretraining_pool,
@@ -37,6 +38,10 @@ from benchmark.files import write_atomic
 
 # Where a phantom of other settings waits while a run that would replace it is checked.
 PREVIOUS_PHANTOM = ".phantom.previous"
+
+# The labels of unlabelled volumes, next to the manifest (the phantom writes it; a cohort may
+# supply one the same way). Only a positive control reads it (docs/methods.md, "supervised").
+POOL_TRUTH_FILE = "unlabelled_truth.csv"
 
 
 class DataSettingError(UserError):
@@ -101,6 +106,36 @@ class RunData:
             )
         check_pretraining_pool(self.splits, table["subject_id"].iloc[rows].unique())
         return rows, note
+
+    @cached_property
+    def pool_truth(self) -> np.ndarray | None:
+        """0/1 label of every unlabelled volume listed in ``unlabelled_truth.csv`` next to the
+        manifest (columns ``subject_id``, ``side``, ``label``), by cohort row; -1 for labelled
+        volumes and unlisted ones. None when the cohort has no such file."""
+        path = self.manifest.parent / POOL_TRUTH_FILE
+        if not path.exists():
+            return None
+        truth = pd.read_csv(path, dtype=str, keep_default_na=False)
+        missing = {"subject_id", "label"} - set(truth.columns)
+        if missing:
+            raise DataSettingError(
+                f"{path}: needs the columns subject_id, side (optional) and label; "
+                f"{', '.join(sorted(missing))} missing"
+            )
+        sides = truth.get("side", pd.Series("", index=truth.index)).str.lower()
+        labels = truth["label"].str.strip().str.lower().map(LABEL_WORDS)
+        if labels.isna().any():
+            line = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 2
+            raise DataSettingError(
+                f"{path}, line {line}: label must be one of {', '.join(LABEL_WORDS)}, got "
+                f"{truth['label'].iloc[line - 2]!r}"
+            )
+        by_sinus = dict(zip(zip(truth["subject_id"], sides.map(SIDE_WORDS).fillna("")), labels))
+        table = self.cohort.table
+        keys = zip(table["subject_id"].astype(str), table["side"].fillna("").astype(str))
+        found = np.array([by_sinus.get(key, -1) for key in keys], dtype=np.int64)
+        found[table["label"].notna().to_numpy()] = -1
+        return found
 
     def images(self, rows: np.ndarray) -> Tensor:
         """``[len(rows), 1, S, S, S]`` float32 volumes."""

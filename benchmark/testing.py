@@ -87,6 +87,7 @@ def pretrain_briefly(
         device = resolve_device(cfg.runtime)
         context = pretraining_context(cfg, units[0], data, device, lambda m: None, rows=rows)
         module.prepare(context)
+        rows, _ = module.pretraining_rows(context)
     prepare_module(module, cfg.runtime)
     recorder = _StepLosses()
     trainer = make_trainer(

@@ -4,7 +4,9 @@ A probe measures what a pretrained representation holds as it is (Alain & Bengio
 intermediate layers using linear classifier probes", 2016): the pooled ResNet18 features of
 every labelled volume are computed once per encoder, in evaluation mode and without views, and
 z-scored with the mean and deviation of the cell's training subset. ``scratch`` probes a random
-encoder drawn from the cell's seed (the same for every fold and fraction of that seed).
+encoder drawn from the cell's seed (the same for every fold and fraction of that seed). A method
+whose "encoder" is a fixed function (``SSLMethod.frozen_features``, the ``intensity_features``
+baseline) gives its features instead; z-scoring and the probes stay the same.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
 from benchmark.nn.backbone import ResNet18, load_encoder, stage_widths
+from benchmark.registry import get_method
 from benchmark.results import Cell
 from benchmark.rundata import RunData
 from benchmark.training.runtime import prepare_module, resolve_device
@@ -46,23 +49,35 @@ def frozen_encoder(cfg: DictConfig, encoder_path: Path | None, seed: int) -> Res
         return ResNet18(widths)
 
 
-def cohort_features(cfg: DictConfig, data: RunData, encoder_path: Path | None, seed: int) -> Tensor:
-    """Features ``[len(cohort), feature_dim]`` of every labelled volume (NaN for the others).
+def cohort_features(
+    cfg: DictConfig, data: RunData, encoder_path: Path | None, seed: int, method: str
+) -> Tensor:
+    """Features ``[len(cohort), feature_dim]`` of every labelled volume (NaN for the others):
+    the method's ``frozen_features`` when it has them, else its encoder's.
 
-    Cached per encoder file (path and stamp), random-encoder seed and cohort, so the cells of
-    one encoder extract features once.
+    Cached per method, encoder file (path and stamp), random-encoder seed and cohort, so the
+    cells of one encoder extract features once.
     """
     stamp = None
     if encoder_path:
         status = Path(encoder_path).stat()
         stamp = (str(encoder_path), status.st_mtime_ns, status.st_size)
-    key = (stamp, None if encoder_path else seed, cfg.backbone.width_multiplier, data.fingerprint)
+    key = (
+        method,
+        stamp,
+        None if encoder_path else seed,
+        cfg.backbone.width_multiplier,
+        data.fingerprint,
+    )
     if key not in _CACHE:
-        encoder = frozen_encoder(cfg, encoder_path, seed).to(resolve_device(cfg.runtime))
-        prepare_module(encoder, cfg.runtime)
         labelled = np.flatnonzero(data.cohort.table["label"].notna().to_numpy())
-        features = torch.full((len(data.cohort.table), encoder.feature_dim), torch.nan)
-        features[labelled] = encoder_features(encoder, data.images(labelled))
+        found = get_method(method).frozen_features(data.images(labelled))
+        if found is None:
+            encoder = frozen_encoder(cfg, encoder_path, seed).to(resolve_device(cfg.runtime))
+            prepare_module(encoder, cfg.runtime)
+            found = encoder_features(encoder, data.images(labelled))
+        features = torch.full((len(data.cohort.table), found.shape[1]), torch.nan)
+        features[labelled] = found.float()
         _CACHE[key] = features
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -77,7 +92,7 @@ def probe_inputs(
 
     The training subset is the cell's label fraction; the scaler is fitted on it alone.
     """
-    features = cohort_features(cfg, data, encoder_path, cell.seed)
+    features = cohort_features(cfg, data, encoder_path, cell.seed, cell.method)
     rows = {
         "train": data.training_rows(cell.seed, cell.fold, cell.fraction),
         "val": data.partition_rows(cell.seed, cell.fold, "val"),

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.config import config_hash, setting_leaves
 from benchmark.errors import UserError
 from benchmark.evaluation.protocols import get_protocol
+from benchmark.registry import get_method
 from benchmark.results import Cell, read_json
 from benchmark.rundata import RunData
 from benchmark.training.units import (
@@ -70,8 +71,7 @@ def plan_run(cfg: DictConfig, data: RunData, out: Path) -> Plan:
         for unit in units[method]:
             unit_prints[unit.directory] = pretraining_fingerprint(cfg, unit, data)
             unit_hashes[unit.directory] = config_hash(unit_prints[unit.directory])
-        for protocol in cfg.finetune.protocols:
-            get_protocol(protocol).settings(cfg)
+        for protocol in evaluated_protocols(cfg, method):
             for fraction in cfg.splits.fractions:
                 for fold in range(int(cfg.splits.folds)):
                     for seed in cfg.splits.seeds:
@@ -81,6 +81,16 @@ def plan_run(cfg: DictConfig, data: RunData, out: Path) -> Plan:
                         cells.append(cell)
                         prints[cell] = cell_fingerprint(cfg, cell, data, pretraining)
     return Plan(units, unit_hashes, cells, prints)
+
+
+def evaluated_protocols(cfg: DictConfig, method: str) -> list[str]:
+    """The protocols of ``finetune.protocols`` (checked) that the method may be evaluated by:
+    all, or those its ``protocols`` attribute names (a baseline of fixed features is never
+    fine-tuned)."""
+    for protocol in cfg.finetune.protocols:
+        get_protocol(protocol).settings(cfg)
+    allowed = get_method(method).protocols
+    return [p for p in cfg.finetune.protocols if allowed is None or p in allowed]
 
 
 def _check_split_coverage(cfg: DictConfig, data: RunData) -> None:

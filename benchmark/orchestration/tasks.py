@@ -129,9 +129,13 @@ class CellTask:
 
     def _record(self) -> dict:
         cell, cfg = self.cell, self.cfg
+        method = get_method(cell.method)
         return {
             "method": cell.method,
             "method_label": method_label(cfg, cell.method),
+            # What the method is in a comparison, for the report (SSLMethod.role, .protocols).
+            "role": method.role,
+            "evaluated_by": None if method.protocols is None else list(method.protocols),
             "protocol": cell.protocol,
             "fraction": cell.fraction,
             "fold": cell.fold,

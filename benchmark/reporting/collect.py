@@ -103,7 +103,7 @@ def collect(out: Path) -> RunResults:
     if cells.empty:
         return RunResults(out, cells, {}, settings, notes)
     cells["fraction"] = cells["fraction"].astype(float)
-    missing = _missing_cells(cells, settings)
+    missing = _missing_cells(cells, records, settings)
     if missing:
         cells = pd.concat([cells, pd.DataFrame(missing)], ignore_index=True)
     cells = cells.sort_values(KEY).reset_index(drop=True)
@@ -123,10 +123,16 @@ def _run_settings(out: Path, notes: list[str]) -> dict[str, Any] | None:
         return None
 
 
-def _missing_cells(cells: pd.DataFrame, settings: dict[str, Any] | None) -> list[dict]:
-    """Cells of the expected grid without a file."""
+def _missing_cells(
+    cells: pd.DataFrame, records: list[dict[str, Any]], settings: dict[str, Any] | None
+) -> list[dict]:
+    """Cells of the expected grid without a file; a method whose cells name the protocols it
+    is evaluated by (``evaluated_by``, e.g. a baseline that is never fine-tuned) misses no
+    cell of another protocol."""
     if settings is None:
         return []
+    roles = {r["method"]: r.get("role") or "method" for r in records}
+    evaluated_by = {r["method"]: r["evaluated_by"] for r in records if r.get("evaluated_by")}
     methods = list(dict.fromkeys([*settings.get("methods", []), *cells["method"]]))
     protocols = list(
         dict.fromkeys([*settings.get("finetune", {}).get("protocols", []), *cells["protocol"]])
@@ -140,7 +146,11 @@ def _missing_cells(cells: pd.DataFrame, settings: dict[str, Any] | None) -> list
         [int(s) for s in splits.get("seeds", [])],
     )
     present = set(map(tuple, cells[KEY].itertuples(index=False)))
-    return [dict(zip(KEY, key), status="missing") for key in grid if key not in present]
+    return [
+        dict(zip(KEY, key), status="missing", role=roles.get(key[0], "method"))
+        for key in grid
+        if key not in present and key[1] in evaluated_by.get(key[0], protocols)
+    ]
 
 
 def check_one_configuration(records: list[dict[str, Any]], out: Path) -> None:

@@ -1,7 +1,9 @@
 """Report figures: metric vs label fraction, PR curves, pretraining losses, a one-page summary.
 
-Every method keeps one colour in every figure (``scratch``, the floor, is grey). Each drawing
-function draws into given axes, so the one-page summary reuses them; the ``plot_*`` functions
+Every method keeps one colour in every figure (``scratch``, the floor, is grey). A positive
+control and a baseline (``SSLMethod.role``, recorded in the cell files) are drawn dashed or
+hatched and named so in the legends (``legend_name``). Each drawing function draws into given
+axes, so the one-page summary reuses them; the ``plot_*`` functions
 write a figure file.
 """
 
@@ -37,6 +39,12 @@ def method_colours(methods: list[str]) -> dict[str, tuple]:
     return colours
 
 
+def legend_name(method: str, role: str | None) -> str:
+    """``supervised (positive control)``, ``intensity_features (baseline)``; a method's name."""
+    marked = role is not None and role != "method"
+    return f"{method} ({role.replace('_', ' ')})" if marked else method
+
+
 def chance_level(metric: str, prevalence: float) -> tuple[float, str] | None:
     """The score of a classifier without skill, and its legend label."""
     if not np.isfinite(prevalence):
@@ -64,7 +72,16 @@ def draw_metric_vs_fraction(
         low = rows["ci_low"] if has_ci else rows["mean"] - rows["std"].fillna(0)
         high = rows["ci_high"] if has_ci else rows["mean"] + rows["std"].fillna(0)
         colour = colours[method]
-        axis.plot(rows["fraction"], rows["mean"], marker="o", ms=4, color=colour, label=method)
+        role = rows["role"].iloc[0] if "role" in rows else None
+        axis.plot(
+            rows["fraction"],
+            rows["mean"],
+            marker="o",
+            ms=4,
+            color=colour,
+            ls="-" if legend_name(method, role) == method else "--",
+            label=legend_name(method, role),
+        )
         axis.fill_between(rows["fraction"], low, high, color=colour, alpha=0.12, lw=0)
     chance = chance_level(metric, finished["prevalence"].mean())
     if chance:
@@ -100,21 +117,25 @@ def draw_pr_curves(
     """Per method: the mean over its cells of each cell's PR step curve (area = mean AP)."""
     labels = test_set.volumes["label"].to_numpy()
     curves: dict[str, list[np.ndarray]] = {}
+    roles: dict[str, str | None] = {}
     for (method, cell_protocol, cell_fraction, _, _), record in sorted(records.items()):
         if cell_protocol != protocol or cell_fraction != fraction:
             continue
+        roles[method] = record.get("role")
         scores, present = test_set.align(record)
         if present.any() and 0 < labels[present].sum() < present.sum():
             curves.setdefault(method, []).append(step_precision(labels[present], scores[present]))
     for method, method_curves in curves.items():
         mean = np.mean(method_curves, axis=0)
         area = float(np.sum(np.diff(RECALL_GRID) * mean[1:]))
+        name = legend_name(method, roles[method])
         axis.plot(
             RECALL_GRID,
             mean,
             color=colours[method],
             lw=1.5,
-            label=f"{method} (AP {area:.2f}, {len(method_curves)} cells)",
+            ls="-" if name == method else "--",
+            label=f"{name} (AP {area:.2f}, {len(method_curves)} cells)",
         )
     prevalence = labels.mean()
     axis.axhline(prevalence, color="black", ls="--", lw=1, label=f"random ({prevalence:.2f})")
@@ -303,17 +324,28 @@ def _grouped_bars(
     series: list[str],
     value: Callable[[str, str], tuple[float, float, float] | None],
     colours: dict[str, tuple],
+    roles: dict[str, str] | None = None,
 ) -> None:
-    """Bars for every (group, series) with optional error bars; ``value`` -> (y, low, high)."""
+    """Bars for every (group, series) with optional error bars; ``value`` -> (y, low, high).
+    Series with a marked role (``roles``) are hatched and named so."""
     width = 0.8 / max(len(series), 1)
+    roles = roles or {}
     for index, name in enumerate(series):
+        label = legend_name(name, roles.get(name))
         for position, group in enumerate(groups):
             found = value(group, name)
             if found is None or not np.isfinite(found[0]):
                 continue
             y, low, high = found
             x = position - 0.4 + width * (index + 0.5)
-            axis.bar(x, y, width * 0.9, color=colours[name], label=name if position == 0 else None)
+            axis.bar(
+                x,
+                y,
+                width * 0.9,
+                color=colours[name],
+                hatch=None if label == name else "//",
+                label=label if position == 0 else None,
+            )
             if np.isfinite(low) and np.isfinite(high):
                 axis.errorbar(x, y, yerr=[[y - low], [high - y]], color="black", lw=0.8, capsize=2)
     axis.set_xticks(range(len(groups)), groups)
@@ -339,7 +371,8 @@ def draw_protocol_bars(
         row = found.iloc[0]
         return row["mean"], row["ci_low"], row["ci_high"]
 
-    _grouped_bars(axis, protocols, methods, value, colours)
+    roles = dict(zip(entries["method"], entries["role"])) if "role" in entries else {}
+    _grouped_bars(axis, protocols, methods, value, colours, roles)
     width = 0.8 / max(len(methods), 1)
     for (protocol, method), mark in marks.items():
         found = value(protocol, method)
@@ -355,7 +388,11 @@ def draw_protocol_bars(
 
 
 def draw_finding_recall(
-    axis: Axes, table: pd.DataFrame, methods: list[str], colours: dict[str, tuple]
+    axis: Axes,
+    table: pd.DataFrame,
+    methods: list[str],
+    colours: dict[str, tuple],
+    roles: dict[str, str] | None = None,
 ) -> None:
     """Share of each finding's volumes called anomalous (normal: called normal), per method."""
     findings = [f for f in dict.fromkeys(table["finding"]) if f != "normal"]
@@ -368,7 +405,7 @@ def draw_finding_recall(
         row = found.iloc[0]
         return row["recall_mean"], row["recall_ci_low"], row["recall_ci_high"]
 
-    _grouped_bars(axis, findings, methods, value, colours)
+    _grouped_bars(axis, findings, methods, value, colours, roles)
     counts = table.groupby("finding")["volumes"].max()
     labels = [f"{f.replace('_', ' ')}\n(n={counts[f]})" for f in findings]
     labels = [label.replace("normal\n(", "normal\n(specificity, ") for label in labels]
@@ -378,7 +415,11 @@ def draw_finding_recall(
 
 
 def draw_localisation(
-    axis: Axes, table: pd.DataFrame, methods: list[str], colours: dict[str, tuple]
+    axis: Axes,
+    table: pd.DataFrame,
+    methods: list[str],
+    colours: dict[str, tuple],
+    roles: dict[str, str] | None = None,
 ) -> None:
     """Voxel AUPRC and pointing-game hit rate per method, with the chance level."""
     measures = {"voxel AUPRC": "voxel_auprc", "pointing game": "pointing_game"}
@@ -393,7 +434,7 @@ def draw_localisation(
         std = std if np.isfinite(std) else 0.0
         return mean, mean - std, mean + std
 
-    _grouped_bars(axis, list(measures), methods, value, colours)
+    _grouped_bars(axis, list(measures), methods, value, colours, roles)
     chance = table["chance"].mean()
     axis.axhline(chance, color="black", ls="--", lw=1, label=f"chance ({chance:.3f})")
     axis.set_ylabel("score (mean ± std over cells)")

@@ -28,12 +28,14 @@ from benchmark.reporting import figures, tables
 from benchmark.reporting.collect import RunResults, collect
 from benchmark.reporting.summaries import (
     METRICS,
+    ROLE_LABELS,
     Bootstrap,
     FixedTestSet,
     comparisons,
     default_reference,
     entries,
     localisation_results,
+    method_roles,
     pathology_results,
 )
 from benchmark.reporting.versions import mixed_versions_warning
@@ -81,6 +83,8 @@ class Context:
     alpha: float
     labels: dict[str, str] = field(default_factory=dict)  # method -> name its cells record
     view_presets: dict[str, str] = field(default_factory=dict)  # method -> pretraining views
+    roles: dict[str, str] = field(default_factory=dict)  # method -> SSLMethod.role
+    evaluated_by: dict[str, list[str]] = field(default_factory=dict)  # only the restricted
 
 
 def ordered_protocols(cells: pd.DataFrame) -> list[str]:
@@ -116,6 +120,22 @@ def metric_caption(
     prevalence = table["prevalence"].mean()
     chance = CHANCE[metric].format(p=prevalence, f1=2 * prevalence / (1 + prevalence))
     text += f"; {chance}. Bold: best mean per fraction."
+    marked = [
+        m for m in dict.fromkeys(table["method"]) if context.roles.get(m, "method") != "method"
+    ]
+    if marked:
+        text += (
+            " Not ranked (listed after the methods, never bold): "
+            + "; ".join(f"{m} ({ROLE_LABELS[context.roles[m]]})" for m in marked)
+            + "."
+        )
+    skipped = {m: p for m, p in context.evaluated_by.items() if protocol not in p}
+    if skipped:
+        text += (
+            " Not in this table: "
+            + "; ".join(f"{m} (evaluated by {', '.join(p)} only)" for m, p in skipped.items())
+            + "."
+        )
     tested = tests[tests["pairs"] > 0]
     if context.reference and len(tested):
         text += (
@@ -176,7 +196,7 @@ def _write_metric(
     columns = [
         "method", "fraction", "mean", "std", "n", "failed", "missing", "ci_low", "ci_high",
         "prevalence", "reference", "pairs", "difference", "p_bootstrap", "p_bootstrap_holm",
-        "p_wilcoxon", "p_wilcoxon_holm", "protocol",
+        "p_wilcoxon", "p_wilcoxon_holm", "role", "protocol",
     ]  # fmt: skip
     merged = merged[columns]
     texts = {"md": [], "tex": []}
@@ -279,6 +299,12 @@ def write_report(
         alpha=alpha,
         labels=results.labels,
         view_presets=results.view_presets,
+        roles=method_roles(results.cells),
+        evaluated_by={
+            record["method"]: list(record["evaluated_by"])
+            for record in results.records.values()
+            if record.get("evaluated_by")
+        },
     )
     colours = figures.method_colours(list(results.cells["method"]))
     files, markdown, headline = [], {}, {}
@@ -360,6 +386,7 @@ def _write_pathology(
     context: Context,
     out: Path,
 ) -> list[Path]:
+    pathology = pathology.assign(role=pathology["method"].map(context.roles).fillna("method"))
     files = [_csv(pathology, out / "tables" / "pathology.csv")]
     texts = {"md": [], "tex": []}
     for protocol in protocols:
@@ -379,7 +406,7 @@ def _write_pathology(
             (tables.Notation(False, context.labels), "md"),
             (tables.Notation(True, context.labels), "tex"),
         ):
-            table = tables.pathology_table(rows, reference, caption, label, notation)
+            table = tables.pathology_table(rows, reference, caption, label, notation, context.roles)
             text = (tables.latex if notation.latex else tables.markdown)(table)
             texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
     for key in ("md", "tex"):
@@ -392,6 +419,9 @@ def _write_pathology(
 def _write_localisation(
     localisation: pd.DataFrame, reference: str | None, context: Context, out: Path
 ) -> list[Path]:
+    localisation = localisation.assign(
+        role=localisation["method"].map(context.roles).fillna("method")
+    )
     files = [_csv(localisation, out / "tables" / "localisation.csv")]
     overall = localisation[localisation["finding"] == "all"]
     caption = (
@@ -407,7 +437,7 @@ def _write_localisation(
         (tables.Notation(True, context.labels), "tex"),
     ):
         table = tables.localisation_table(
-            localisation, reference, caption, "tab:ssl3d-localisation", notation
+            localisation, reference, caption, "tab:ssl3d-localisation", notation, context.roles
         )
         path = out / "tables" / f"localisation.{key}"
         path.write_text((tables.latex if notation.latex else tables.markdown)(table))
@@ -434,7 +464,7 @@ def _summary_page(
     """``figures/summary.{png,pdf}``: six panels a user can put on one slide."""
     label = figures.LABELS[metric]
     headline = HEADLINE_PROTOCOL if HEADLINE_PROTOCOL in protocols else protocols[0]
-    methods = tables.method_order(list(results.done["method"]), reference)
+    methods = tables.method_order(list(results.done["method"]), reference, context.roles)
     at_fraction = summary[summary["fraction"] == fraction]
     marks = {
         (row.protocol, row.method): tables.significance_marks(row, context.alpha)
@@ -475,7 +505,7 @@ def _summary_page(
     panels.append(
         (
             f"Recall per finding at fraction {fraction:g} ({headline})",
-            (lambda axis: figures.draw_finding_recall(axis, rows, methods, colours))
+            (lambda axis: figures.draw_finding_recall(axis, rows, methods, colours, context.roles))
             if len(rows)
             else (
                 lambda axis: figures.draw_note(axis, "skipped: the cohort records no pathologies")
@@ -487,7 +517,7 @@ def _summary_page(
     panels.append(
         (
             f"Grad-CAM localisation at fraction {fraction:g}",
-            (lambda axis: figures.draw_localisation(axis, located, methods, colours))
+            (lambda axis: figures.draw_localisation(axis, located, methods, colours, context.roles))
             if len(located)
             else (lambda axis: figures.draw_note(axis, "skipped: no masks (or no finetune cells)")),
         )

@@ -29,6 +29,25 @@ from benchmark.reporting.statistics import (
 
 METRICS = ("auprc", "auroc", "f1")
 ENTRY = ["protocol", "method", "fraction"]
+# What a row is when it is not a competing method (``SSLMethod.role``, recorded in every cell
+# file): tables and figures list such rows after the methods, mark them with these words and
+# never bold them as best.
+ROLE_LABELS = {
+    "positive_control": "positive control: uses labels beyond the cell",
+    "baseline": "baseline: fixed features, nothing learned",
+}
+
+
+def method_roles(cells: pd.DataFrame) -> dict[str, str]:
+    """Each method's role (``method`` for cell files written before roles were recorded)."""
+    if "role" not in cells:
+        return {}
+    return dict(zip(cells["method"], cells["role"].fillna("method")))
+
+
+def role_suffix(role: str | None) -> str:
+    """`` (positive control: ...)`` for a marked role, else empty."""
+    return f" ({ROLE_LABELS[role]})" if role in ROLE_LABELS else ""
 
 
 def findings(pathologies: pd.Series) -> list[str]:
@@ -154,7 +173,8 @@ def entries(
     cells: pd.DataFrame, metric: str, bootstrap: Bootstrap | None, level: float = 0.95
 ) -> pd.DataFrame:
     """One row per method x protocol x fraction: ``method, fraction, mean, std, n, failed,
-    missing, ci_low, ci_high, prevalence, protocol``."""
+    missing, ci_low, ci_high, prevalence, protocol, role``."""
+    roles = method_roles(cells)
     rows = []
     for (protocol, method, fraction), group in cells.groupby(ENTRY, sort=True):
         done = group[group["status"] == "done"]
@@ -181,6 +201,7 @@ def entries(
                 "ci_high": high,
                 "prevalence": pd.to_numeric(done["prevalence"], errors="coerce").mean(),
                 "protocol": protocol,
+                "role": roles.get(method, "method"),
             }
         )
     return pd.DataFrame(rows)

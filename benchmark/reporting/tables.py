@@ -5,7 +5,9 @@ fraction. An entry reads ``mean ± std`` over the finished cells, significance m
 reference (``†`` paired subject bootstrap, ``‡`` Wilcoxon signed-rank over fold x seed pairs,
 both Holm-adjusted over the table), the 95 % bootstrap CI in brackets, and how many cells
 failed or are missing. An entry without finished cells reads ``failed`` or ``missing``, never a
-number. The best mean of each column is bold.
+number. The best mean of each column is bold. A positive control and a baseline
+(``SSLMethod.role``) follow the methods, their names say what they are
+(``summaries.ROLE_LABELS``), and they are never bold.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from benchmark.reporting.summaries import role_suffix
 
 MARKS = {"p_bootstrap_holm": "†", "p_wilcoxon_holm": "‡"}
 LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "×": r"$\times$"}
@@ -63,8 +67,12 @@ class Notation:
     def name(self, text: str) -> str:
         return latex_escape(text) if self.latex else text
 
-    def method(self, method: str) -> str:
-        return self.name(self.labels.get(method, method))
+    def method(self, method: str, roles: dict[str, str]) -> str:
+        """A row's method name (as its cells label it), with what it is when it is no
+        competing method."""
+        suffix = role_suffix(roles.get(method))
+        name = self.name(self.labels.get(method, method))
+        return name + (f" {self.small(self.name(suffix.strip()))}" if suffix else "")
 
 
 def latex_escape(text: str) -> str:
@@ -78,10 +86,25 @@ def latex_escape(text: str) -> str:
     return text
 
 
-def method_order(methods: list[str], reference: str | None) -> list[str]:
-    """The reference first, then the other methods alphabetically."""
-    rest = sorted(m for m in set(methods) if m != reference)
+ROLE_ORDER = {"method": 0, "positive_control": 1, "baseline": 2}
+
+
+def method_order(
+    methods: list[str], reference: str | None, roles: dict[str, str] | None = None
+) -> list[str]:
+    """The reference first, then the other methods alphabetically, then positive controls,
+    then baselines (``roles``: method -> ``SSLMethod.role``)."""
+    roles = roles or {}
+    rest = sorted(
+        (m for m in set(methods) if m != reference),
+        key=lambda m: (ROLE_ORDER.get(roles.get(m, "method"), 0), m),
+    )
     return ([reference] if reference in methods else []) + rest
+
+
+def entry_roles(table: pd.DataFrame) -> dict[str, str]:
+    """Method -> role of a summary table's rows (all ``method`` without a ``role`` column)."""
+    return dict(zip(table["method"], table["role"])) if "role" in table else {}
 
 
 def _status_text(row: pd.Series) -> str:
@@ -119,21 +142,24 @@ def metric_table(
     notation: Notation,
     alpha: float = 0.05,
 ) -> Table:
-    """Methods x label fractions of one protocol and metric."""
+    """Methods x label fractions of one protocol and metric; only methods (role ``method``)
+    compete for bold."""
     fractions = sorted(entries["fraction"].unique())
-    finished = entries[entries["n"] > 0]
+    roles = entry_roles(entries)
+    competing = entries["method"].map(lambda m: roles.get(m, "method") == "method")
+    finished = entries[(entries["n"] > 0) & competing]
     best = finished.groupby("fraction")["mean"].max()
     tests = {(r.method, r.fraction): r for _, r in comparisons.iterrows()}
     rows = []
-    for method in method_order(list(entries["method"]), reference):
-        cells = [notation.method(method)]
+    for method in method_order(list(entries["method"]), reference, roles):
+        cells = [notation.method(method, roles)]
         for fraction in fractions:
             found = entries[(entries["method"] == method) & (entries["fraction"] == fraction)]
             if found.empty:
                 cells.append("–")
                 continue
             row = found.iloc[0]
-            bold = row["n"] > 0 and row["mean"] == best.get(fraction)
+            bold = competing[found.index[0]] and row["n"] > 0 and row["mean"] == best.get(fraction)
             marks = significance_marks(tests.get((method, fraction)), alpha)
             cells.append(entry_text(row, bold, marks, notation))
         rows.append(cells)
@@ -147,7 +173,12 @@ def metric_table(
 
 
 def pathology_table(
-    table: pd.DataFrame, reference: str | None, caption: str, label: str, notation: Notation
+    table: pd.DataFrame,
+    reference: str | None,
+    caption: str,
+    label: str,
+    notation: Notation,
+    roles: dict[str, str] | None = None,
 ) -> Table:
     """Methods x findings at one protocol and fraction: ``AUPRC / recall`` (normal: specificity)."""
     findings = list(dict.fromkeys(table["finding"]))
@@ -160,9 +191,10 @@ def pathology_table(
         else f"normal: specificity (n={counts[f]})"
         for f in findings
     ]
+    roles = roles or {}
     rows = []
-    for method in method_order(list(table["method"]), reference):
-        cells = [notation.method(method)]
+    for method in method_order(list(table["method"]), reference, roles):
+        cells = [notation.method(method, roles)]
         for finding in findings:
             found = table[(table["method"] == method) & (table["finding"] == finding)]
             if found.empty:
@@ -177,14 +209,20 @@ def pathology_table(
 
 
 def localisation_table(
-    table: pd.DataFrame, reference: str | None, caption: str, label: str, notation: Notation
+    table: pd.DataFrame,
+    reference: str | None,
+    caption: str,
+    label: str,
+    notation: Notation,
+    roles: dict[str, str] | None = None,
 ) -> Table:
     """Methods x fractions: ``voxel AUPRC / pointing-game hit rate`` (means over cells)."""
     overall = table[table["finding"] == "all"]
     fractions = sorted(overall["fraction"].unique())
+    roles = roles or {}
     rows = []
-    for method in method_order(list(overall["method"]), reference):
-        cells = [notation.method(method)]
+    for method in method_order(list(overall["method"]), reference, roles):
+        cells = [notation.method(method, roles)]
         for fraction in fractions:
             found = overall[(overall["method"] == method) & (overall["fraction"] == fraction)]
             if found.empty:

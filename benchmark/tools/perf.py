@@ -486,7 +486,7 @@ def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float
 
     Every pretraining unit runs its ``max_epochs`` over the paper pool (a fold-scoped method,
     such as ``residual``, one unit per seed and fold) and every ``finetune`` cell of every
-    method (``scratch`` included) its ``max_epochs`` over its label fraction's training set,
+    method (``scratch`` included; not a probes-only baseline) its ``max_epochs`` over its label fraction's training set,
     one at a time; early stopping only shortens both. Not counted: methods' prepare stages
     (the residual method's autoencoder), pretraining's validation passes and the cheap probe
     cells; ``finetune_epoch_seconds`` comes from a whole timed cell, its validation included.
@@ -510,7 +510,11 @@ def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float
             f"  {result.method}: pretraining {hours:.1f} h ({each}at most {settings.max_epochs} "
             "epochs)"
         )
-    methods = len(paper.methods)
+    # A method evaluated by probes only (``SSLMethod.protocols``) has no fine-tuning cells.
+    methods = sum(
+        get_method(m).protocols is None or "finetune" in get_method(m).protocols
+        for m in paper.methods
+    )
     cells = methods * len(paper.splits.fractions) * runs
     epochs = methods * runs * sum(float(f) for f in paper.splits.fractions)  # full-set epochs
     cell_hours = epochs * int(paper.finetune.max_epochs) * finetune_epoch_seconds / 3600

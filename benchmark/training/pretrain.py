@@ -238,6 +238,7 @@ def run_pretraining(
         write_json_atomic(unit.record_path, record)
     method.prepare(context)
     prepare_module(method, cfg.runtime)
+    train_rows, val_rows = method.pretraining_rows(context)
 
     checkpoints = unit.directory / "checkpoints"
     validate = len(val_rows) > 0

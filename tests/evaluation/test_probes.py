@@ -86,9 +86,9 @@ def test_knn_score_is_the_distance_weighted_share_of_anomalous_neighbours(smoke,
 
 def test_a_random_encoder_is_fixed_per_seed_and_features_are_cached(smoke):
     cfg, data = smoke
-    first = cohort_features(cfg, data, None, seed=0)
-    assert cohort_features(cfg, data, None, seed=0) is first
-    other = cohort_features(cfg, data, None, seed=1)
+    first = cohort_features(cfg, data, None, seed=0, method="scratch")
+    assert cohort_features(cfg, data, None, seed=0, method="scratch") is first
+    other = cohort_features(cfg, data, None, seed=1, method="scratch")
     labelled = torch.tensor(data.cohort.table["label"].notna().to_numpy())
     assert not torch.allclose(first[labelled], other[labelled])
     assert torch.isnan(first[~labelled]).all()
