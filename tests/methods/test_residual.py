@@ -57,11 +57,11 @@ def test_the_cae_epoch_losses_are_the_mean_step_losses_read_once_per_epoch():
         return ConvAutoencoder3D(16, channels=(4, 8, 8), latent_dim=16)
 
     images = torch.rand(7, 1, 16, 16, 16)
-    losses = train_autoencoder(cae(), images, 2, 3, 1e-3, 0, torch.device("cpu"))
+    losses, steps = train_autoencoder(cae(), images, 2, 3, 1e-3, 0, torch.device("cpu"))
     model = cae().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = batch_loader(TensorBatches(image=images), 3, 0)
-    expected = []
+    expected, expected_steps = [], 0
     for epoch in range(2):
         loader.batch_sampler.sampler.set_epoch(epoch)
         total, count = 0.0, 0
@@ -71,10 +71,12 @@ def test_the_cae_epoch_losses_are_the_mean_step_losses_read_once_per_epoch():
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            expected_steps += 1
             total, count = total + float(loss.detach()) * len(volumes), count + len(volumes)
         expected.append(total / count)
     assert all(type(value) is float for value in losses)
     assert losses == pytest.approx(expected, rel=1e-12)
+    assert steps == expected_steps
 
 
 def _context(tmp_path, overrides=(), data=None):
