@@ -63,7 +63,7 @@ def run_grid(cfg: DictConfig, out: Path, force: bool = False, quiet: bool = Fals
     if conflicts and not force:
         raise ResultConflictError(
             f"{out} holds {len(conflicts)} result(s) made with other settings (first: "
-            f"{conflicts[0]}).{describe_difference(out, cfg)} Use another --out, or --force "
+            f"{conflicts[0]}).{describe_difference(out, cfg, conflicts)} Use another --out, or --force "
             "to recompute and overwrite them."
         )
     for path in conflicts:
