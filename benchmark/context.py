@@ -78,19 +78,20 @@ def _restored(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class PretrainingUnit:
-    """One pretraining: a method, and for fold- or fraction-scoped methods the (seed, fold)
-    and label fraction it serves."""
+    """One pretraining: a method and the split seed it serves (its random seed follows from
+    it, ``benchmark/training/units.py``), and for fold- or fraction-scoped methods the fold and
+    label fraction."""
 
     method: str
     directory: Path
-    seed: int | None = None
+    seed: int
     fold: int | None = None
     fraction: float | None = None
 
     @property
     def title(self) -> str:
         if self.fold is None:
-            return self.method
+            return f"{self.method} (seed {self.seed})"
         at = "" if self.fraction is None else f", fraction {self.fraction:g}"
         return f"{self.method} (seed {self.seed}, fold {self.fold}{at})"
 
@@ -122,7 +123,9 @@ class PretrainingContext:
             files instead of building them, so no two processes write the same stage.
 
     ``notes`` collects facts the method reports about its stages (for example how well the
-    residual method's targets localise anomalies); they are written into ``pretrain.json``.
+    residual method's targets localise anomalies); they are written into ``pretrain.json``,
+    with ``stage_costs``: each stage's build seconds and optimiser steps (a stage's result
+    states its steps as ``optimiser_steps``), the method's compute beyond the common budget.
     """
 
     unit: PretrainingUnit
@@ -138,8 +141,10 @@ class PretrainingContext:
     builds_stages: bool = True
     stages_used: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    stage_costs: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_settings: Any = field(default=None, repr=False)  # only for the deprecated ``config``
     _unreadable: set[Path] = field(default_factory=set, repr=False)  # stage files said so
+    _built_seconds: float = field(default=0.0, repr=False)  # of the stages built so far
 
     @property
     def config(self) -> Any:
@@ -273,9 +278,15 @@ class PretrainingContext:
             stored = self._read_stage(path, "Building it again.")
             if stored is not None:
                 self.log(f"{self.unit.title}: reusing stage '{name}' ({path.name})")
+                self._count_cost(name, stored, cached=True)
                 return stored
-        started = time.perf_counter()
+        started, nested_before = time.perf_counter(), self._built_seconds
         result = build()
+        # A stage built inside another's build (the residuals' CAE) is counted once, as its own.
+        own = time.perf_counter() - started - (self._built_seconds - nested_before)
+        self._built_seconds += own
+        result["build_seconds"] = round(own, 2)
+        self._count_cost(name, result, cached=False)
         try:
             storable = _storable(result, f"stage '{name}'")
         except TypeError as error:
@@ -292,6 +303,14 @@ class PretrainingContext:
             f"{self.unit.title}: stage '{name}' built in {time.perf_counter() - started:.0f} s"
         )
         return result
+
+    def _count_cost(self, name: str, result: dict[str, Any], cached: bool) -> None:
+        """Record what building the stage cost (also when it was reused: the unit rests on it)."""
+        self.stage_costs[name] = {
+            "optimiser_steps": int(result.get("optimiser_steps", 0)),
+            "seconds": float(result.get("build_seconds", 0.0)),
+            "cached": cached,
+        }
 
     def stored_stage(self, path: Path) -> dict[str, Any] | None:
         """The content of a stage file of this unit (``stages/<name>-<key>.pt``, for example to

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import platform
+import subprocess
 from dataclasses import dataclass
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -94,12 +96,48 @@ def versions() -> dict[str, str]:
         "pytorch-lightning",
         "torchmetrics",
         "numpy",
+        "scikit-learn",
+        "scipy",
     ):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             found[package] = "not installed"
     return found
+
+
+@cache
+def code_version() -> str:
+    """The code that makes the numbers, for result fingerprints: ``ssl3d <version>`` plus, when
+    the package runs from a git checkout, ``git <commit>`` and ``+dirty`` for uncommitted
+    changes to tracked files; ``unknown`` parts where neither can be found. Asked once per
+    process (git takes milliseconds; no git is no failure)."""
+    try:
+        version = metadata.version("ssl3d")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"ssl3d {version}, git {_git_state(Path(__file__).resolve().parent)}"
+
+
+def _git_state(package: Path) -> str:
+    """``<commit>[+dirty]`` of the checkout holding ``package``, or ``unknown``."""
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(package), *arguments],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    try:
+        top = Path(git("rev-parse", "--show-toplevel")).resolve()
+        if not package.is_relative_to(top):
+            return "unknown"
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def read_cells(out: Path) -> list[dict[str, Any]]:

@@ -113,7 +113,7 @@ def _run_checked(
         pending.discard()
         raise ResultConflictError(
             f"{out} holds {len(conflicts)} result(s) made with other settings (first: "
-            f"{conflicts[0]}).{describe_difference(out, cfg)} Use another --out, or --force "
+            f"{conflicts[0]}).{describe_difference(out, cfg, conflicts)} Use another --out, or --force "
             "to recompute and overwrite them."
         )
     if run_log:

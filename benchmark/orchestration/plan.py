@@ -13,8 +13,9 @@ from benchmark.config import config_hash, setting_leaves
 from benchmark.errors import UserError
 from benchmark.evaluation.protocols import get_protocol
 from benchmark.registry import get_method
-from benchmark.results import Cell, read_json
+from benchmark.results import Cell, code_version, read_json
 from benchmark.rundata import RunData
+from benchmark.training.runtime import numerics
 from benchmark.training.units import (
     PretrainingUnit,
     pretraining_fingerprint,
@@ -38,7 +39,8 @@ class Plan:
 
 
 def cell_fingerprint(cfg: DictConfig, cell: Cell, data: RunData, pretraining: dict | None) -> dict:
-    """Everything a cell's numbers depend on; its hash decides whether the cell is done."""
+    """Everything a cell's numbers depend on (the code version and numerics settings too);
+    its hash decides whether the cell is done."""
     rows = {
         "train": data.training_rows(cell.seed, cell.fold, cell.fraction),
         "val": data.partition_rows(cell.seed, cell.fold, "val"),
@@ -55,6 +57,8 @@ def cell_fingerprint(cfg: DictConfig, cell: Cell, data: RunData, pretraining: di
         "pretraining": pretraining,
         "protocol": get_protocol(cell.protocol).settings(cfg),
         "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "code": code_version(),
+        "numerics": numerics(cfg.runtime),
         "data": {
             "cohort": data.fingerprint,
             **{k: data.subjects_fingerprint(r) for k, r in rows.items()},
@@ -120,12 +124,26 @@ def find_conflicts(plan: Plan, out: Path) -> list[str]:
     return conflicts
 
 
-def describe_difference(out: Path, cfg: DictConfig) -> str:
+def describe_difference(out: Path, cfg: DictConfig, conflicts: list[str]) -> str:
+    """What differs between the conflicting results and this run: the code version or the
+    numerics settings the first conflicting file records, and the settings of ``run.yaml``."""
+    said = ""
+    record = read_json(Path(conflicts[0])) if conflicts else None
+    made = (record or {}).get("config") or {}
+    if made.get("code", code_version()) != code_version():
+        said += f" The code changed: they were made by {made['code']}, this is {code_version()}."
+    if made.get("numerics", numerics(cfg.runtime)) != numerics(cfg.runtime):
+        said += (
+            f" The numerics settings changed: they were made with {made['numerics']}, this run "
+            f"uses {numerics(cfg.runtime)}."
+        )
     previous = out / "run.yaml"
     if not previous.exists():
-        return ""
+        return said
     old = OmegaConf.to_container(OmegaConf.load(previous), resolve=True)
     new = OmegaConf.to_container(cfg, resolve=True)
     old, new = dict(setting_leaves(old)), dict(setting_leaves(new))
     changed = [key for key in new if old.get(key) != new[key]]
-    return f" Settings changed since the last run: {', '.join(changed[:12])}." if changed else ""
+    if changed:
+        said += f" Settings changed since the last run: {', '.join(changed[:12])}."
+    return said

@@ -142,9 +142,20 @@ class CellTask:
             "seed": cell.seed,
             "profile": cfg.profile,
             "backbone": describe_backbone(stage_widths(float(cfg.backbone.width_multiplier))),
+            "pretraining": self._pretraining(),
             "config_hash": config_hash(self.fingerprint),
             "config": self.fingerprint,
             "versions": versions(),
+        }
+
+    def _pretraining(self) -> dict | None:
+        """Which pretraining the cell's encoder comes from: its folder in the run and the
+        random seed it was pretrained with (None for methods without pretraining)."""
+        if self.unit is None:
+            return None
+        return {
+            "seed": int(self.fingerprint["pretraining"]["pretrain"]["seed"]),
+            "unit": self.unit.directory.relative_to(self.out).as_posix(),
         }
 
 

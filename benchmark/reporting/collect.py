@@ -200,19 +200,25 @@ def _protocol_settings(record: dict) -> Any:
 
 
 def _pretraining_settings(record: dict) -> Any:
-    """The method's settings (the same for every unit of a fold-scoped method)."""
+    """The method's settings (the same for every unit of the method; only the pretraining
+    seed differs between units)."""
     pretraining = _config(record, "pretraining")
     if not isinstance(pretraining, dict):
         return None
-    return {k: pretraining.get(k) for k in ("settings", "pretrain", "backbone")}
+    pretrain = {k: v for k, v in (pretraining.get("pretrain") or {}).items() if k != "seed"}
+    return {
+        "settings": pretraining.get("settings"),
+        "pretrain": pretrain,
+        "backbone": pretraining.get("backbone"),
+    }
 
 
 def _pretraining_unit(record: dict) -> str:
-    """The pretraining unit a cell starts from: the method, and (seed, fold[, fraction]) if
+    """The pretraining unit a cell starts from: the method and seed, and fold[, fraction] if
     fold- or fraction-scoped."""
     pretraining = _config(record, "pretraining") or {}
     if pretraining.get("fold") is None:
-        return f"'{record['method']}'"
+        return f"'{record['method']}' (seed {pretraining.get('seed')})"
     at = "" if pretraining.get("fraction") is None else f", fraction {pretraining['fraction']:g}"
     return f"'{record['method']}' (seed {pretraining.get('seed')}, fold {pretraining['fold']}{at})"
 

@@ -10,6 +10,8 @@ configuration per report), resamples test subjects once for the whole report
   records pathologies and masks (otherwise a note says why they are absent);
 - ``figures/{auprc,auroc,f1}_vs_fraction.png``, ``figures/pr_curves_f<F>.png``,
   ``figures/pretraining_losses.png``, ``figures/summary.{png,pdf}``;
+- ``tables/pretraining_budget.md``: each method's pretraining units, optimiser steps and
+  seconds, and the steps and seconds of the stages a method builds first (its extra cost);
 - ``tables/tuning.md`` when the run took tuned settings (``ssl3d run --tuned``): each method's
   trials, hours and best settings, so that equal tuning effort is visible;
 - ``report.md``: every table, the notes and the figures on one page.
@@ -39,6 +41,7 @@ from benchmark.reporting.summaries import (
     pathology_results,
 )
 from benchmark.reporting.versions import mixed_versions_warning
+from benchmark.results import read_json
 
 HEADLINE_PROTOCOL = "finetune"
 CHANCE = {
@@ -85,6 +88,40 @@ class Context:
     view_presets: dict[str, str] = field(default_factory=dict)  # method -> pretraining views
     roles: dict[str, str] = field(default_factory=dict)  # method -> SSLMethod.role
     evaluated_by: dict[str, list[str]] = field(default_factory=dict)  # only the restricted
+    caveats: tuple[str, ...] = ()  # what the design cannot conclude; closes every caption
+
+    @property
+    def closing(self) -> str:
+        return "".join(f" {caveat}" for caveat in self.caveats)
+
+
+def design_caveats(records: list[dict]) -> tuple[str, ...]:
+    """Sentences every caption must carry about the cells' design: a single pretraining seed
+    (pretraining variation was not sampled), and a residual method whose autoencoder saw the
+    normals of the whole training fold (``cae.normals=training``: more labels than a cell of a
+    smaller fraction may use)."""
+    caveats = []
+    seeds: dict[str, set] = {}
+    wide = set()
+    for record in records:
+        pretraining = (record.get("config") or {}).get("pretraining")
+        if not isinstance(pretraining, dict):
+            continue
+        seeds.setdefault(record["method"], set()).add(pretraining.get("seed"))
+        cae = (pretraining.get("settings") or {}).get("cae")
+        if isinstance(cae, dict) and cae.get("normals") == "training":
+            wide.add(record["method"])
+    if seeds and max(len(found) for found in seeds.values()) == 1:
+        caveats.append(
+            "One pretraining seed per method: pretraining variation was not sampled, so a "
+            "difference between methods may be the luck of a single pretraining."
+        )
+    caveats += [
+        f"{method}: autoencoder trained on the normals of the whole training fold (more "
+        "labels than the cell)."
+        for method in sorted(wide)
+    ]
+    return tuple(caveats)
 
 
 def ordered_protocols(cells: pd.DataFrame) -> list[str]:
@@ -149,7 +186,7 @@ def metric_caption(
                 f" With {pairs} fold × seed pair(s) the Wilcoxon test cannot reach "
                 f"p < {context.alpha:g}."
             )
-    return text
+    return text + context.closing
 
 
 def views_clause(presets: dict[str, str]) -> str:
@@ -305,6 +342,7 @@ def write_report(
             for record in results.records.values()
             if record.get("evaluated_by")
         },
+        caveats=design_caveats(list(results.records.values())),
     )
     colours = figures.method_colours(list(results.cells["method"]))
     files, markdown, headline = [], {}, {}
@@ -360,6 +398,15 @@ def write_report(
             "finetune.localisation.enabled is false, or no finetune cell finished): "
             "localisation skipped"
         )
+    pretrainings = [
+        record
+        for path in sorted((out / "pretrain").glob("*/**/pretrain.json"))
+        if (record := read_json(path)) and record.get("status") == "done"
+    ]
+    if pretrainings:
+        markdown["pretraining"] = tables.pretraining_budget_markdown(pretrainings)
+        files.append(out / "tables" / "pretraining_budget.md")
+        files[-1].write_text(markdown["pretraining"])
     tuning = out / "tuning.json"
     if tuning.exists():
         markdown["tuning"] = tables.budget_markdown(tuning)
@@ -399,7 +446,7 @@ def _write_pathology(
             f"finding's share of them) / recall at the validation threshold; 'normal': "
             f"specificity. Means over the cells; n = test volumes with the finding. Backbone "
             f"{context.backbone}; profile {context.profile}. Every fraction and 95 % CIs: "
-            f"tables/pathology.csv."
+            f"tables/pathology.csv.{context.closing}"
         )
         label = f"tab:ssl3d-pathology-{protocol}"
         for notation, key in (
@@ -430,7 +477,7 @@ def _write_localisation(
         f"volumes with a mask): voxel AUPRC / pointing-game hit rate, means over the cells, by "
         f"label fraction. Chance level of both: {overall['chance'].mean():.3f} (the mean share "
         f"of the volume a mask covers). Backbone {context.backbone}; profile {context.profile}. "
-        f"Per finding and std: tables/localisation.csv."
+        f"Per finding and std: tables/localisation.csv.{context.closing}"
     )
     for notation, key in (
         (tables.Notation(False, context.labels), "md"),
@@ -564,6 +611,7 @@ def _write_overview(
         "pathology": "Per finding",
         "localisation": "Localisation",
         "tuning": "Tuning budget (ssl3d tune)",
+        "pretraining": "Pretraining budget (equal steps; extra stages are a method's extra cost)",
     }
     for name, text in markdown.items():
         sections += [f"## {titles.get(name, name.upper())}", "", text]

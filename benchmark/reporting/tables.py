@@ -307,5 +307,33 @@ def budget_markdown(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pretraining_budget_markdown(records: list[dict[str, Any]]) -> str:
+    """The Markdown table of the finished pretraining units' ``pretrain.json`` records: per
+    method the units, the optimiser steps of one unit's training (the common budget: equal for
+    every method) and the steps and seconds of each stage it built first (its extra cost)."""
+    methods: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        methods.setdefault(str(record["config"]["method"]), []).append(record)
+    lines = [
+        "| method | units | optimiser steps per unit | seconds per unit | extra stages per unit |",
+        "|---|---|---|---|---|",
+    ]
+    for method, units in sorted(methods.items()):
+        steps = sorted({int(u["steps"]) for u in units if u.get("steps") is not None})
+        seconds = sum(float(u.get("seconds", 0.0)) for u in units) / len(units)
+        stages: dict[str, list[dict[str, Any]]] = {}
+        for unit in units:
+            for name, cost in (unit.get("stage_costs") or {}).items():
+                stages.setdefault(name, []).append(cost)
+        extra = "; ".join(
+            f"{name}: {sum(c['optimiser_steps'] for c in costs) / len(costs):.0f} steps, "
+            f"{sum(c['seconds'] for c in costs) / len(costs):.1f} s"
+            for name, costs in stages.items()
+        )
+        shown = "-".join(map(str, (steps[0], steps[-1]) if len(steps) > 1 else steps)) or "?"
+        lines.append(f"| {method} | {len(units)} | {shown} | {seconds:.1f} | {extra or 'none'} |")
+    return "\n".join(lines) + "\n"
+
+
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)

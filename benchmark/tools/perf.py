@@ -484,31 +484,29 @@ def format_table(results: list[Throughput]) -> str:
 def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float) -> str:
     """Wall time of the full ``paper`` grid on this device from the measured step costs.
 
-    Every pretraining unit runs its ``max_epochs`` over the paper pool (a fold-scoped method,
-    such as ``residual``, one unit per seed and fold) and every ``finetune`` cell of every
-    method (``scratch`` included; not a probes-only baseline) its ``max_epochs`` over its label fraction's training set,
-    one at a time; early stopping only shortens both. Not counted: methods' prepare stages
+    Every pretraining unit runs its fixed ``max_epochs`` over the paper pool (one unit per
+    seed; a fold-scoped method, such as ``residual``, one per seed and fold) and every
+    ``finetune`` cell of every method (``scratch`` included; not a probes-only baseline) at most
+    its ``max_epochs`` over its label fraction's training set, one at a time; early stopping
+    only shortens cells. Not counted: methods' prepare stages
     (the residual method's autoencoder), pretraining's validation passes and the cheap probe
     cells; ``finetune_epoch_seconds`` comes from a whole timed cell, its validation included.
     """
     paper = load_config("paper")
     pool = 2 * int(paper.phantom.unlabelled) * (1 - float(paper.pretrain.val_fraction))
-    runs = len(paper.splits.seeds) * int(paper.splits.folds)
+    seeds = len(paper.splits.seeds)
+    runs = seeds * int(paper.splits.folds)
     lines, total = [], 0.0
     for result in results:
         settings = pretraining_settings(paper, result.method)
         scope = get_method(result.method).scope(method_hparams(paper, result.method))
-        units = {"run": 1, "fold": runs, "fraction": runs * len(paper.splits.fractions)}[scope]
+        units = {"run": seeds, "fold": runs, "fraction": runs * len(paper.splits.fractions)}[scope]
         hours = units * int(settings.max_epochs) * pool / result.volumes_per_s / 3600
         total += hours
-        each = (
-            f"{units} units (one per seed and fold{', fraction' * (scope == 'fraction')}), "
-            if units > 1
-            else ""
-        )
+        per = "seed" if scope == "run" else f"seed and fold{', fraction' * (scope == 'fraction')}"
         lines.append(
-            f"  {result.method}: pretraining {hours:.1f} h ({each}at most {settings.max_epochs} "
-            "epochs)"
+            f"  {result.method}: pretraining {hours:.1f} h ({units} units, one per {per}, "
+            f"{settings.max_epochs} epochs each)"
         )
     # A method evaluated by probes only (``SSLMethod.protocols``) has no fine-tuning cells.
     methods = sum(

@@ -2,11 +2,19 @@
 
 Each unit (``benchmark/training/units.py``) writes, under its directory::
 
-    encoder.pt      plain state dict of the ResNet18 (loads strict into MONAI's resnet18)
+    encoder.pt      plain state dict of the ResNet18 (loads strict into MONAI's resnet18): the
+                    weights after the last optimiser step (``pretrain.export: last``), or those
+                    of the best validation loss (``best``)
     losses.csv      per-epoch training and validation losses
-    pretrain.json   status, config hash, resolved settings, timings, versions
+    pretrain.json   status, config hash, resolved settings, seed, optimiser steps and seconds
+                    of the training and of each stage the method built, versions
     stages/         cached products of the method's ``prepare`` step
     checkpoints/    last and best Lightning checkpoints while running (removed when done)
+
+Every method pretrains for the same fixed budget: ``pretrain.max_epochs`` over the pool (or
+``pretrain.max_steps``), with its learning-rate and momentum schedules laid out over exactly
+that. Early stopping on the validation loss (``pretrain.patience`` > 0) is an option that every
+shipped profile leaves off: SSL losses are comparable neither across methods nor across epochs.
 
 Data-parallel pretraining (``runtime.devices`` x ``runtime.num_nodes`` > 1) runs this same
 function in every rank's process. ``pretrain.batch_size`` stays the global batch: each rank
@@ -31,7 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from benchmark.config import config_hash, method_hparams, pretraining_settings
+from benchmark.config import ConfigError, config_hash, method_hparams, pretraining_settings
 from benchmark.context import PretrainingContext, PretrainingUnit
 from benchmark.datasets.batches import TensorBatches, batch_loader
 from benchmark.errors import RuntimeSettingError, UserError
@@ -57,7 +65,10 @@ from benchmark.training.units import (
     is_finished,
     pretraining_fingerprint,
     pretraining_units,
+    unit_settings,
 )
+
+EXPORTS = ("last", "best")
 
 
 class LossTable(pl.Callback):
@@ -116,19 +127,23 @@ def pool_batches(data: RunData, rows: np.ndarray) -> TensorBatches:
     return TensorBatches(image=data.images(rows), row=torch.as_tensor(rows, dtype=torch.long))
 
 
-def build_method(cfg: DictConfig, method: str) -> SSLMethod:
-    """The method's module around a fresh ResNet18 of the configured width."""
+def build_method(cfg: DictConfig, method: str, training: DictConfig | None = None) -> SSLMethod:
+    """The method's module around a fresh ResNet18 of the configured width; ``training``: its
+    pretraining settings (a unit's ``unit_settings``; by default the method's, seed offset
+    ``pretrain.seed``)."""
     backbone = ResNet18(stage_widths(float(cfg.backbone.width_multiplier)))
-    return get_method(method)(
-        backbone, method_hparams(cfg, method), pretraining_settings(cfg, method)
-    )
+    if training is None:
+        training = pretraining_settings(cfg, method)
+    return get_method(method)(backbone, method_hparams(cfg, method), training)
 
 
-def split_pool(cfg: DictConfig, method: str, data: RunData) -> tuple[np.ndarray, np.ndarray, str]:
+def split_pool(
+    cfg: DictConfig, unit: PretrainingUnit, data: RunData
+) -> tuple[np.ndarray, np.ndarray, str]:
     """The unit's pretraining pool split into training and validation rows, and a sentence
     that says what the pool is: ``pretrain.val_fraction`` of the pool's subjects (grouped) are
-    held out for the validation loss."""
-    settings = pretraining_settings(cfg, method)
+    held out for the validation loss, drawn with the unit's seed."""
+    settings = unit_settings(cfg, unit)
     rows, pool_note = data.pretraining_pool(settings.pool)
     subject_of_row = data.cohort.table["subject_id"].iloc[rows]
     subjects = np.array(sorted(subject_of_row.unique()))
@@ -154,7 +169,7 @@ def pretraining_context(
     loss: the tests' and perf's); by default the unit's pool split as ``run_pretraining``
     splits it."""
     if rows is None:
-        train_rows, val_rows, _ = split_pool(cfg, unit.method, data)
+        train_rows, val_rows, _ = split_pool(cfg, unit, data)
     else:
         train_rows, val_rows = rows, rows[:0]
     return PretrainingContext(
@@ -210,17 +225,18 @@ def run_pretraining(
     expected = config_hash(fingerprint)
     if is_finished(unit, expected):
         return unit.encoder_path
-    settings = pretraining_settings(cfg, unit.method)
+    settings = unit_settings(cfg, unit)
+    export = check_export(settings)
     apply_host_settings(cfg.runtime)
     ranks = process_ranks(cfg.runtime)
     check_launch(cfg, ranks)
     log = log if ranks.is_main else _ignore
     device = training_device(cfg.runtime, ranks)
-    train_rows, val_rows, pool_note = split_pool(cfg, unit.method, data)
+    train_rows, val_rows, pool_note = split_pool(cfg, unit, data)
     log(f"pretraining {unit.title} on {pool_note} ({len(train_rows)} train / {len(val_rows)} val)")
 
     pl.seed_everything(int(settings.seed), verbose=False)
-    method = build_method(cfg, unit.method)
+    method = build_method(cfg, unit.method, settings)
     batch_size = int(settings.batch_size)
     method.check_settings(min(batch_size, len(train_rows)))
     share = rank_batch_size(batch_size, ranks) if ranks.world_size > 1 else batch_size
@@ -231,7 +247,9 @@ def run_pretraining(
         "config_hash": expected,
         "config": fingerprint,
         "title": unit.title,
+        "seed": int(settings.seed),
         "pool": pool_note,
+        "export": export,
     }
     if ranks.is_main:
         unit.directory.mkdir(parents=True, exist_ok=True)
@@ -242,8 +260,9 @@ def run_pretraining(
 
     checkpoints = unit.directory / "checkpoints"
     validate = len(val_rows) > 0
+    monitor = "val_loss" if validate and (export == "best" or int(settings.patience) > 0) else None
     callbacks: list[pl.Callback] = [
-        epoch_checkpoints(checkpoints, "val_loss" if validate else None),
+        epoch_checkpoints(checkpoints, monitor),
         LossTable(unit.directory / "losses.csv"),
     ]
     if validate and int(settings.patience) > 0:
@@ -288,28 +307,44 @@ def _finish_unit(
     record: dict,
     started: float,
 ) -> None:
-    """Rank 0 after training: the best weights exported, the record done, checkpoints gone."""
+    """Rank 0 after training: the last (or, with ``pretrain.export=best``, the best) weights
+    exported, the record done, checkpoints gone."""
     best_epoch = None
     if checkpoints.monitor and checkpoints.best_model_path:
         folder = unit.directory / "checkpoints"
         best = best_checkpoint(checkpoints, folder, _restart(unit, folder))
-        method.load_state_dict(best["state_dict"])
         best_epoch = int(best["epoch"])
+        if record["export"] == "best":
+            method.load_state_dict(best["state_dict"])
     save_encoder(method.encoder, unit.encoder_path)
     method.export(context)
+    seconds = round(time.perf_counter() - started, 1)
     record.update(
         status="done",
         epochs=trainer.current_epoch,
+        steps=int(trainer.global_step),
         best_epoch=best_epoch,
         best_val_loss=float(checkpoints.best_model_score) if best_epoch is not None else None,
         stages=context.stages_used,
+        stage_costs=context.stage_costs,
         notes=context.notes,
         backbone=method.encoder.description,
-        seconds=round(time.perf_counter() - started, 1),
+        seconds=seconds,
         versions=versions(),
     )
     write_json_atomic(unit.record_path, record)
     shutil.rmtree(checkpoints.dirpath, ignore_errors=True)
+
+
+def check_export(settings: DictConfig) -> str:
+    """``pretrain.export``: which weights become ``encoder.pt``."""
+    export = str(settings.export)
+    if export not in EXPORTS:
+        raise ConfigError(
+            f"pretrain.export={export}: choose last (the weights after the last optimiser "
+            "step, every method's equal budget) or best (the epoch of the lowest validation loss)"
+        )
+    return export
 
 
 def _restart(unit: PretrainingUnit, checkpoints: Path) -> str:
@@ -330,7 +365,7 @@ def open_pretrained(
         (
             u
             for u in pretraining_units(cfg, method, out)
-            if u.fold is None or (u.seed, u.fold) == (seed, fold)
+            if u.seed == seed and (u.fold is None or u.fold == fold)
         ),
         None,
     )
@@ -342,6 +377,6 @@ def open_pretrained(
         )
     data = prepare_data(cfg, out, log)
     device = resolve_device(cfg.runtime)
-    built = build_method(cfg, method)
+    built = build_method(cfg, method, unit_settings(cfg, unit))
     built.backbone = load_encoder(unit.encoder_path, built.backbone.widths)
     return built, pretraining_context(cfg, unit, data, device, log)

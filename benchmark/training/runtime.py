@@ -122,6 +122,15 @@ def resolve_precision(runtime: DictConfig, device: torch.device) -> str:
     return precision
 
 
+def numerics(runtime: DictConfig) -> dict[str, object]:
+    """The settings that change a result's last bits, for result fingerprints: the resolved
+    precision, the device kind (``cpu`` or the GPU's name) and torch's CPU threads."""
+    device = resolve_device(runtime)
+    kind = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    threads = int(runtime.threads) if runtime.threads else torch.get_num_threads()
+    return {"precision": resolve_precision(runtime, device), "device": kind, "threads": threads}
+
+
 def apply_host_settings(runtime: DictConfig) -> None:
     """``runtime.threads`` (the number of CPU threads torch uses; null leaves torch's choice)
     and ``runtime.keep_host_memory`` (``keep_freed_host_memory``) for this process."""

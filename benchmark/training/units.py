@@ -1,12 +1,15 @@
 """Pretraining units: which pretrainings a method needs in a run, and when one is finished.
 
-A pretraining *unit* is one method pretrained once per run (``pretraining_scope = "run"``),
-once per (seed, fold) for methods whose preparation uses a fold's labelled data (``"fold"``,
-e.g. the residual method's autoencoder trained on that fold's normal subjects), or once per
-(seed, fold, label fraction) for methods that may use only the labels of the fraction being
-evaluated (``"fraction"``). A method may choose its scope from its settings
-(``SSLMethod.scope``). A unit is finished when its ``pretrain.json`` says done with the hash of
-its fingerprint, everything its encoder depends on.
+A pretraining *unit* is one method pretrained once per seed of ``splits.seeds``
+(``pretraining_scope = "run"``), once per (seed, fold) for methods whose preparation uses a
+fold's labelled data (``"fold"``, e.g. the residual method's autoencoder trained on that fold's
+normal subjects), or once per (seed, fold, label fraction) for methods that may use only the
+labels of the fraction being evaluated (``"fraction"``). A method may choose its scope from its
+settings (``SSLMethod.scope``). Every unit pretrains with its own random seed,
+``pretrain.seed + seed`` (``unit_settings``), so the cells of seed ``s`` start from an encoder
+of pretraining seed ``s`` and pretraining variation is sampled with the split seeds. A unit is
+finished when its ``pretrain.json`` says done with the hash of its fingerprint, everything its
+encoder depends on.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.config import method_hparams, pretraining_settings
 from benchmark.context import PretrainingUnit
 from benchmark.registry import get_method
-from benchmark.results import read_json
+from benchmark.results import code_version, read_json
 from benchmark.rundata import RunData
+from benchmark.training.runtime import numerics
 
 # The data settings that make the volumes: every encoder (and cached stage) depends on them.
 PREPROCESSING_KEYS = ("size", "crop", "clip_percentiles", "mirror_right")
@@ -33,7 +37,7 @@ def pretraining_units(cfg: DictConfig, method: str, out: Path) -> list[Pretraini
         return []
     scope = cls.scope(method_hparams(cfg, method))
     if scope == "run":
-        return [PretrainingUnit(method, root)]
+        return [PretrainingUnit(method, root / f"seed{s}", int(s)) for s in cfg.splits.seeds]
     folds = [(int(s), fold) for s in cfg.splits.seeds for fold in range(int(cfg.splits.folds))]
     if scope == "fold":
         return [PretrainingUnit(method, root / f"seed{s}" / f"fold{k}", s, k) for s, k in folds]
@@ -49,24 +53,36 @@ def pretraining_units(cfg: DictConfig, method: str, out: Path) -> list[Pretraini
 def unit_for(
     units: list[PretrainingUnit], seed: int, fold: int, fraction: float
 ) -> PretrainingUnit | None:
-    """The unit whose encoder an evaluation cell of (seed, fold, fraction) starts from."""
+    """The unit whose encoder an evaluation cell of (seed, fold, fraction) starts from: the
+    pretraining of the cell's seed (and fold and fraction, for units scoped so)."""
     for unit in units:
-        if unit.fold is None or (unit.seed, unit.fold) == (seed, fold):
+        if unit.seed == seed and (unit.fold is None or unit.fold == fold):
             if unit.fraction is None or abs(unit.fraction - fraction) < 1e-9:
                 return unit
     return None
 
 
+def unit_settings(cfg: DictConfig, unit: PretrainingUnit) -> DictConfig:
+    """The unit's pretraining settings (``pretraining_settings``) with ``seed`` the unit's own
+    random seed: ``pretrain.seed`` (an offset, 0 by default) plus the unit's split seed."""
+    settings = pretraining_settings(cfg, unit.method)
+    settings.seed = int(settings.seed) + int(unit.seed)
+    return settings
+
+
 def pretraining_fingerprint(cfg: DictConfig, unit: PretrainingUnit, data: RunData) -> dict:
-    """Everything a unit's encoder depends on; its hash decides whether the unit is done."""
+    """Everything a unit's encoder depends on, the code version and numerics settings too;
+    its hash decides whether the unit is done."""
     pool_rows, _ = data.pretraining_pool(pretraining_settings(cfg, unit.method).pool)
     fingerprint = {
         "method": unit.method,
         "seed": unit.seed,
         "fold": unit.fold,
         "settings": method_hparams(cfg, unit.method),
-        "pretrain": pretraining_settings(cfg, unit.method),
+        "pretrain": unit_settings(cfg, unit),
         "backbone": cfg.backbone,
+        "code": code_version(),
+        "numerics": numerics(cfg.runtime),
         "data": {
             "cohort": data.fingerprint,
             "preprocessing": {k: cfg.data[k] for k in PREPROCESSING_KEYS},

@@ -79,6 +79,13 @@ class PatchGrid:
         distances = torch.cdist(self.coordinates, self.coordinates)
         return distances.argsort(dim=1, stable=True)[:, 1 : count + 1]
 
+    def neighbour_matrix(self, count: int) -> Tensor:
+        """``[L, L]`` float 0/1: row l marks l's ``count`` nearest other locations. Summing
+        neighbours as ``einsum("lm,bmd->bld")`` with it has a deterministic backward, unlike
+        indexing with repeated indices (whose CPU backward accumulates in a varying order)."""
+        matrix = torch.zeros(len(self.coordinates), len(self.coordinates))
+        return matrix.scatter_(1, self.neighbours(count), 1.0)
+
 
 class LocationQueue(nn.Module):
     """DrasCLR's negatives: one MoCo queue of keys per location, ``keys [L, K, D]``.
@@ -166,7 +173,7 @@ class DrasCLR(SSLMethod):
             deactivate_requires_grad(module)
         self.queue = LocationQueue(settings.grid**3, settings.queue_size, settings.output_dim)
         self._new_keys: Tensor | None = None
-        # (grid, neighbours, device) -> patch coordinates and neighbour table on that device.
+        # (grid, neighbours, device) -> patch coordinates and neighbour matrix on that device.
         # A plain cache, not buffers: the state dict and checkpoints keep their keys, DDP has
         # nothing more to broadcast, and a move to another device just adds an entry.
         self._grid_tensors: dict[tuple[PatchGrid, int, torch.device], tuple[Tensor, Tensor]] = {}
@@ -176,11 +183,11 @@ class DrasCLR(SSLMethod):
         return PatchGrid.of(size, float(s.patch_fraction), int(s.grid), int(s.neighbours))
 
     def grid_tensors(self, grid: PatchGrid, device: torch.device) -> tuple[Tensor, Tensor]:
-        """``grid``'s coordinates ``[L, 3]`` and nearest neighbours ``[L, neighbours]`` on
-        ``device``, computed and copied once: a training step copies nothing from the host."""
+        """``grid``'s coordinates ``[L, 3]`` and 0/1 neighbour matrix ``[L, L]`` on ``device``,
+        computed and copied once: a training step copies nothing from the host."""
         key = (grid, int(self.settings.neighbours), device)
         if key not in self._grid_tensors:
-            neighbours = grid.neighbours(key[1])
+            neighbours = grid.neighbour_matrix(key[1])
             self._grid_tensors[key] = (grid.coordinates.to(device), neighbours.to(device))
         return self._grid_tensors[key]
 
@@ -239,9 +246,9 @@ class DrasCLR(SSLMethod):
             )
         temperature = float(self.settings.temperature)
         local = info_nce(query, key, self.queue.keys, temperature).mean()
-        neighbourhood = info_nce(
-            query[:, neighbours].sum(dim=2), key, self.queue.keys, temperature
-        ).mean()
+        # The sum of each location's neighbouring queries [B, L, D].
+        summed = torch.einsum("lm,bmd->bld", neighbours.to(query.dtype), query)
+        neighbourhood = info_nce(summed, key, self.queue.keys, temperature).mean()
         if self.training:
             self._new_keys = key
         return {

@@ -84,8 +84,9 @@ def train_autoencoder(
     lr: float,
     seed: int,
     device: torch.device,
-) -> list[float]:
-    """Fit the CAE to ``images`` with L1 loss and Adam; returns the mean loss of each epoch.
+) -> tuple[list[float], int]:
+    """Fit the CAE to ``images`` with L1 loss and Adam; returns the mean loss of each epoch and
+    the number of optimiser steps taken (the method's cost beyond the common budget).
 
     A compact loop (the stage is cached as a whole, so it needs no checkpoints): batches come
     from the spine's in-memory loader, shuffled per epoch by ``seed``.
@@ -93,7 +94,7 @@ def train_autoencoder(
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, **fused_optimizer(model))
     loader = batch_loader(TensorBatches(image=images), batch_size, seed)
-    losses = []
+    losses, steps = [], 0
     for epoch in range(epochs):
         loader.batch_sampler.sampler.set_epoch(epoch)
         # Summed on the device (in float64, as the Python float it replaces) and read once per
@@ -105,10 +106,11 @@ def train_autoencoder(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps += 1
             total += loss.detach().double() * len(volumes)
             count += len(volumes)
         losses.append(total.item() / count)
-    return losses
+    return losses, steps
 
 
 @torch.no_grad()

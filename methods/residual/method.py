@@ -122,7 +122,7 @@ class Residual(SSLMethod):
             model = context.prepare_module(_new_cae(cae, size))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(self.training_settings.seed))
-                losses = train_autoencoder(
+                losses, steps = train_autoencoder(
                     model, context.images(rows), int(cae.epochs), int(cae.batch_size),
                     float(cae.lr), int(self.training_settings.seed), context.device,
                 )  # fmt: skip
@@ -131,7 +131,10 @@ class Residual(SSLMethod):
                 f"L1 {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} epochs"
             )
             state = {k: v.cpu() for k, v in model.state_dict().items()}
-            return {"settings": settings, "state_dict": state, "losses": losses}
+            return {
+                "settings": settings, "state_dict": state, "losses": losses,
+                "optimiser_steps": steps,
+            }  # fmt: skip
 
         stored = context.stage("cae", settings, build)
         model = _new_cae(cae, size)

@@ -81,6 +81,14 @@ def test_patches_tile_the_crop_at_fixed_locations():
     assert grid.neighbours(2).shape == (27, 2)
 
 
+def test_the_neighbour_matrix_sums_the_same_neighbours_as_indexing():
+    """The einsum with the 0/1 matrix is the indexed sum it replaces (DrasCLR's loss 2)."""
+    grid = PatchGrid.of(32, 0.5, 3, 2)
+    query = torch.randn(4, 27, 8, dtype=torch.float64)
+    summed = torch.einsum("lm,bmd->bld", grid.neighbour_matrix(2).double(), query)
+    torch.testing.assert_close(summed, query[:, grid.neighbours(2)].sum(dim=2))
+
+
 @pytest.mark.parametrize(
     "override",
     ["method.drasclr.patch_fraction=0.33", "method.drasclr.grid=4", "method.drasclr.neighbours=0"],
@@ -96,7 +104,9 @@ def test_a_whole_crop_encoder_is_fine_tuned_from_patch_pretraining(tmp_path):
     """Pretraining sees 16^3 patches; the exported plain ResNet18 is fine-tuned on 32^3 crops."""
     cfg = load_config("smoke", ["finetune.protocols=[finetune]"], methods=["drasclr"])
     run_grid(cfg, tmp_path, quiet=True)
-    state = torch.load(tmp_path / "pretrain" / "drasclr" / "encoder.pt", weights_only=True)
+    state = torch.load(
+        tmp_path / "pretrain" / "drasclr" / "seed0" / "encoder.pt", weights_only=True
+    )
     monai_resnet18(stage_widths(cfg.backbone.width_multiplier)).load_state_dict(state, strict=True)
     cells = list((tmp_path / "cells" / "drasclr").rglob("*.json"))
     assert cells and all('"status": "done"' in path.read_text() for path in cells)
@@ -114,7 +124,7 @@ def test_a_step_reuses_its_device_grid_tensors_and_the_state_dict_keeps_its_keys
     again = method.grid_tensors(method.patch_grid(32), images.device)
     assert again[0] is coordinates and again[1] is neighbours
     torch.testing.assert_close(coordinates, grid.coordinates)
-    assert torch.equal(neighbours, grid.neighbours(int(method.settings.neighbours)))
+    assert torch.equal(neighbours, grid.neighbour_matrix(int(method.settings.neighbours)))
     assert method.grid_tensors(grid, torch.device("meta"))[0].device.type == "meta"
     assert set(method.state_dict()) == keys
     method.load_state_dict(method.state_dict(), strict=True)

@@ -296,7 +296,7 @@ def test_pretrained_encoder_beats_its_initialisation_on_a_probe(brief_raw):
 def test_smoke_grid_exports_a_plain_encoder_a_decoder_and_a_figure(tmp_path, manifest):
     cfg = load_config("smoke", [manifest], methods=["spark"])
     run_grid(cfg, tmp_path, quiet=True)
-    unit = tmp_path / "pretrain" / "spark"
+    unit = tmp_path / "pretrain" / "spark" / "seed0"
     cells = list((tmp_path / "cells" / "spark").rglob("*.json"))
     assert cells and all('"status": "done"' in path.read_text() for path in cells)
     assert all('"method_label": "spark (mask 4^3)"' in path.read_text() for path in cells)

@@ -57,11 +57,11 @@ def test_the_cae_epoch_losses_are_the_mean_step_losses_read_once_per_epoch():
         return ConvAutoencoder3D(16, channels=(4, 8, 8), latent_dim=16)
 
     images = torch.rand(7, 1, 16, 16, 16)
-    losses = train_autoencoder(cae(), images, 2, 3, 1e-3, 0, torch.device("cpu"))
+    losses, steps = train_autoencoder(cae(), images, 2, 3, 1e-3, 0, torch.device("cpu"))
     model = cae().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = batch_loader(TensorBatches(image=images), 3, 0)
-    expected = []
+    expected, expected_steps = [], 0
     for epoch in range(2):
         loader.batch_sampler.sampler.set_epoch(epoch)
         total, count = 0.0, 0
@@ -71,10 +71,12 @@ def test_the_cae_epoch_losses_are_the_mean_step_losses_read_once_per_epoch():
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            expected_steps += 1
             total, count = total + float(loss.detach()) * len(volumes), count + len(volumes)
         expected.append(total / count)
     assert all(type(value) is float for value in losses)
     assert losses == pytest.approx(expected, rel=1e-12)
+    assert steps == expected_steps
 
 
 def _context(tmp_path, overrides=(), data=None):
@@ -94,11 +96,11 @@ def prepared(tmp_path_factory):
     return SimpleNamespace(method=method, context=context, messages=messages)
 
 
-def test_the_autoencoder_is_trained_once_on_the_folds_training_normals(prepared):
+def test_the_autoencoder_is_trained_once_on_the_smallest_fractions_normals(prepared):
     context, data = prepared.context, prepared.context.data
     assert any("training the residual autoencoder (none is cached)" in m for m in prepared.messages)
     normals = prepared.method.cae_normal_rows(context)
-    training = data.training_rows(0, 0, 1.0)
+    training = data.training_rows(0, 0, min(context.label_fractions))
     assert set(normals) == set(training[data.labels(training).numpy() == 0])
     never = np.concatenate([data.partition_rows(0, 0, p) for p in ("val", "test")])
     assert not set(normals) & set(never)
@@ -193,6 +195,25 @@ def test_current_fraction_pretrains_once_per_fraction_on_that_fractions_normals(
     assert seen[fractions[0]] < seen[fractions[-1]]  # nested, and fewer labels at 50 %
 
 
+def test_by_default_the_autoencoder_uses_no_label_outside_any_cell_it_serves(tmp_path):
+    """cae.normals=smallest_fraction: the CAE's rows of a unit lie inside the labelled training
+    subset of every cell that starts from the unit, the 50 % cells' too."""
+    cfg = load_config("smoke", methods=["residual"])
+    assert cfg.method.residual.cae.normals == "smallest_fraction"
+    data = smoke_data()[1]
+    units = pretraining_units(cfg, "residual", tmp_path)
+    assert len(units) == len(cfg.splits.seeds) * cfg.splits.folds
+    method = build_method(cfg, "residual")
+    rows, _ = data.pretraining_pool("unlabelled")
+    for unit in units:
+        context = pretraining_context(cfg, unit, data, torch.device("cpu"), rows=rows)
+        normals = set(method.cae_normal_rows(context))
+        assert normals
+        for fraction in cfg.splits.fractions:
+            assert unit_for(units, unit.seed, unit.fold, fraction) is unit
+            assert normals <= set(data.training_rows(unit.seed, unit.fold, fraction))
+
+
 def test_a_grid_with_current_fraction_starts_each_fraction_from_its_own_encoder(tmp_path):
     overrides = [
         "method.residual.cae.normals=current_fraction",
@@ -202,7 +223,7 @@ def test_a_grid_with_current_fraction_starts_each_fraction_from_its_own_encoder(
     ]
     run_grid(load_config("smoke", overrides, ["residual"]), tmp_path, quiet=True)
     encoders = sorted((tmp_path / "pretrain" / "residual").rglob("encoder.pt"))
-    assert len(encoders) == 4 and {e.parent.name for e in encoders} == {"f0.5", "f1"}
+    assert len(encoders) == 8 and {e.parent.name for e in encoders} == {"f0.5", "f1"}
     for cell in read_cells(tmp_path):
         assert cell["status"] == "done"
         assert cell["config"]["pretraining"]["fraction"] == cell["fraction"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from sklearn.metrics import average_precision_score
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.nn.backbone import monai_resnet18, stage_widths
+from benchmark.orchestration import plan
 from benchmark.orchestration.grid import ResultConflictError, run_grid
 from benchmark.reporting.report import write_report
-from benchmark.results import read_cells
+from benchmark.results import _git_state, code_version, read_cells
+from benchmark.training import units
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +54,9 @@ def test_every_cell_is_written_with_its_record(smoke_run):
             "specificity",
         }
         assert {"config_hash", "config", "versions", "seconds", "prevalence"} <= set(cell)
+        unit = None if cell["method"] == "scratch" else f"pretrain/simclr/seed{cell['seed']}"
+        assert (cell["pretraining"] or {}).get("unit") == unit
+        assert cell["pretraining"] is None or cell["pretraining"]["seed"] == cell["seed"]
         fields = {"subject_id", "side", "label", "pathology", "score"}
         assert all(set(p) == fields for p in cell["predictions"])
         assert all(set(p) == fields for p in cell["validation_predictions"])
@@ -74,15 +80,24 @@ def test_test_subjects_are_the_same_for_every_cell_and_never_in_training(smoke_r
         assert {p["subject_id"] for p in cell["predictions"]} == test_subjects
 
 
-def test_encoder_loads_strict_into_monai_and_losses_are_logged(smoke_run):
+def test_every_seed_pretrains_its_own_encoder_that_loads_strict_into_monai(smoke_run):
     cfg, out = smoke_run
-    state = torch.load(out / "pretrain" / "simclr" / "encoder.pt", weights_only=True)
-    monai_resnet18(stage_widths(cfg.backbone.width_multiplier)).load_state_dict(state, strict=True)
-    losses = pd.read_csv(out / "pretrain" / "simclr" / "losses.csv")
-    assert len(losses) == cfg.pretrain.max_epochs
-    assert {"train_loss", "val_loss", "train_embedding_std", "lr"} <= set(losses.columns)
-    record = json.loads((out / "pretrain" / "simclr" / "pretrain.json").read_text())
-    assert record["status"] == "done" and not (out / "pretrain" / "simclr" / "checkpoints").exists()
+    assert len(cfg.splits.seeds) == 2
+    assert sorted(p.name for p in (out / "pretrain" / "simclr").iterdir()) == ["seed0", "seed1"]
+    encoders = []
+    for seed in cfg.splits.seeds:
+        unit = out / "pretrain" / "simclr" / f"seed{seed}"
+        encoders.append(torch.load(unit / "encoder.pt", weights_only=True))
+        widths = stage_widths(cfg.backbone.width_multiplier)
+        monai_resnet18(widths).load_state_dict(encoders[-1], strict=True)
+        losses = pd.read_csv(unit / "losses.csv")
+        assert len(losses) == cfg.pretrain.max_epochs
+        assert {"train_loss", "val_loss", "train_embedding_std", "lr"} <= set(losses.columns)
+        record = json.loads((unit / "pretrain.json").read_text())
+        assert record["status"] == "done" and not (unit / "checkpoints").exists()
+        assert record["seed"] == seed and record["config"]["seed"] == seed
+        assert record["export"] == "last" and record["steps"] > 0
+    assert not all(torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])
 
 
 def test_report_files_exist(smoke_run):
@@ -90,10 +105,11 @@ def test_report_files_exist(smoke_run):
     table = pd.read_csv(out / "tables" / "auprc.csv")
     assert set(table["method"]) == {"scratch", "simclr"}
     assert set(table["protocol"]) == {"finetune", "linear", "knn"}
-    assert (table["n"] == cfg.splits.folds).all() and table["ci_low"].notna().all()
+    n = cfg.splits.folds * len(cfg.splits.seeds)
+    assert (table["n"] == n).all() and table["ci_low"].notna().all()
     assert (table.loc[table.method == "simclr", "reference"] == "scratch").all()
     assert "\\toprule" in (out / "tables" / "auprc.tex").read_text()
-    for name in ("auroc.md", "f1.tex", "pathology.csv", "localisation.md"):
+    for name in ("auroc.md", "f1.tex", "pathology.csv", "localisation.md", "pretraining_budget.md"):
         assert (out / "tables" / name).stat().st_size > 100
     localisation = pd.read_csv(out / "tables" / "localisation.csv")
     assert set(localisation["method"]) == {"scratch", "simclr"}
@@ -117,6 +133,21 @@ def test_other_settings_are_refused_unless_forced(smoke_run, tmp_path):
     changed = load_config("smoke", ["finetune.lr=3e-4"], methods=["scratch"])
     with pytest.raises(ResultConflictError, match="finetune.lr.*--force"):
         run_grid(changed, out, quiet=True)
+
+
+def test_a_rerun_after_a_code_change_is_refused_naming_both_versions(smoke_run, monkeypatch):
+    cfg, out = smoke_run
+    for module in (plan, units):
+        monkeypatch.setattr(module, "code_version", lambda: "ssl3d 9.9, git feedbeef")
+    made = re.escape(code_version())
+    with pytest.raises(ResultConflictError, match=f"code changed: they were made by {made}, "):
+        run_grid(cfg, out, quiet=True)
+
+
+def test_the_code_version_names_the_commit_of_a_checkout_and_never_fails_without_one(tmp_path):
+    version = code_version()
+    assert re.fullmatch(r"ssl3d \S+, git ([0-9a-f]{40}(\+dirty)?|unknown)", version), version
+    assert _git_state(tmp_path) == "unknown"  # not a checkout (or no git at all)
 
 
 def test_a_nonfinite_pretraining_fails_its_cells_and_the_grid_goes_on(tmp_path, capsys):
@@ -183,7 +214,7 @@ def _wait_for(condition, process, seconds=300):
 def test_a_killed_run_resumes_without_recomputing_finished_work(tmp_path):
     extra = ["--methods", "simclr", "pretrain.max_epochs=4", "splits.fractions=[0.5,1.0]"]
     process = _run_in_subprocess(tmp_path, *extra)
-    last = tmp_path / "pretrain" / "simclr" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "pretrain" / "simclr" / "seed0" / "checkpoints" / "last.ckpt"
     _wait_for(last.exists, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -198,10 +229,10 @@ def test_a_killed_run_resumes_without_recomputing_finished_work(tmp_path):
     finished = subprocess.run(_command(tmp_path, *extra), capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     log = (tmp_path / "run.log").read_text()
-    assert "simclr: resuming from" in log
+    assert "simclr (seed 0): resuming from" in log
     assert first_cell.stat().st_mtime_ns == stamp
     assert all(c["status"] == "done" for c in read_cells(tmp_path))
-    assert len(pd.read_csv(tmp_path / "pretrain" / "simclr" / "losses.csv")) == 4
+    assert len(pd.read_csv(tmp_path / "pretrain" / "simclr" / "seed0" / "losses.csv")) == 4
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path, capsys):

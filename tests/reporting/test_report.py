@@ -329,6 +329,30 @@ def test_fold_scoped_pretrainings_are_one_configuration_unless_a_unit_differs(tm
         collect(tmp_path)
 
 
+def test_captions_say_what_one_pretraining_seed_and_a_whole_fold_autoencoder_mean(tmp_path):
+    def pretraining(method, seed, normals):
+        settings = {"cae": {"normals": normals}} if method == "residual" else {}
+        return {"pretraining": {"method": method, "seed": seed, "fold": 0, "settings": settings}}
+
+    def captions(folder):
+        write_report(folder, replicates=20)
+        return [(folder / "tables" / f"{name}.md").read_text() for name in ("auprc", "f1")]
+
+    one_seed, wide = "pretraining variation was not sampled", "residual: autoencoder trained on"
+    for fold, seed in itertools.product(range(2), range(2)):
+        for method in ("residual", "simclr"):
+            config = pretraining(method, seed, "smallest_fraction")
+            _write_scored_cell(tmp_path / "a", method, "good", 1.0, fold, seed, config=config)
+            config = pretraining(method, 0, "training")
+            _write_scored_cell(tmp_path / "b", method, "good", 1.0, fold, 0, config=config)
+    assert not any(one_seed in t or wide in t for t in captions(tmp_path / "a"))
+    assert all(one_seed in t and wide in t for t in captions(tmp_path / "b"))
+    assert (
+        "the normals of the whole training fold (more labels than the cell)"
+        in (tmp_path / "b" / "report.md").read_text()
+    )
+
+
 def test_report_prints_the_chosen_metric_as_csv(perfect_vs_random, capsys):
     main(["report", str(perfect_vs_random), "--format", "csv", "--metric", "auroc"])
     printed = capsys.readouterr().out

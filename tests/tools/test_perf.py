@@ -68,7 +68,7 @@ def test_perf_writes_a_table_and_json(tmp_path, capsys):
 
 def test_the_paper_grid_estimate_counts_every_unit_and_cell():
     """1,000 volumes/s and 1 s per full fine-tuning epoch, counted by hand from the paper
-    profile: fold-scoped methods pretrain once per seed and fold, and every method's
+    profile: methods pretrain once per seed, fold-scoped ones once per seed and fold, and every method's
     (scratch's too) fine-tuning cells train over their label fraction's share of the set."""
     paper = load_config("paper")
     measured = [
@@ -80,12 +80,13 @@ def test_the_paper_grid_estimate_counts_every_unit_and_cell():
     text = estimate_paper_grid(measured, finetune_epoch_seconds=1.0)
     pool = 2 * paper.phantom.unlabelled * (1 - paper.pretrain.val_fraction)
     runs = len(paper.splits.seeds) * paper.splits.folds
-    simclr = pretraining_settings(paper, "simclr").max_epochs * pool / 1000 / 3600
+    seeds = len(paper.splits.seeds)
+    simclr = seeds * pretraining_settings(paper, "simclr").max_epochs * pool / 1000 / 3600
     residual = runs * pretraining_settings(paper, "residual").max_epochs * pool / 1000 / 3600
     # intensity_features is evaluated by the probes only: no fine-tuning cells.
     finetuned = [m for m in paper.methods if m != "intensity_features"]
     epochs = len(finetuned) * runs * sum(paper.splits.fractions) * paper.finetune.max_epochs
-    assert f"simclr: pretraining {simclr:.1f} h" in text
+    assert f"simclr: pretraining {simclr:.1f} h ({seeds} units, one per seed," in text
     assert f"residual: pretraining {residual:.1f} h ({runs} units" in text
     cells = len(finetuned) * len(paper.splits.fractions) * runs
     assert f"{cells} fine-tuning cells of {len(finetuned)} methods: {epochs / 3600:.1f} h" in text

@@ -3,7 +3,7 @@ checks.
 
 Run as ``python tests/training/distributed_pretraining.py OUT``. The command is rank 0; Lightning starts
 rank 1 by running the same command again, as it does for ``ssl3d run``. Besides the unit's own
-files under ``OUT/pretrain/simclr``, every rank writes ``OUT/probe-rank<r>.json``: the pool
+files under ``OUT/pretrain/simclr/seed0``, every rank writes ``OUT/probe-rank<r>.json``: the pool
 positions of each training batch it saw (by epoch), the row counts of the embeddings NT-Xent
 gathered from all ranks, and how many encoders it saved.
 """
@@ -29,6 +29,7 @@ OVERRIDES = (
     "runtime.threads=1",
     f"pretrain.max_epochs={EPOCHS}",
     "method.simclr.views.preset=light",
+    "splits.seeds=[0]",
 )
 
 

@@ -110,7 +110,7 @@ def _probe(out: Path, rank: int) -> dict:
 
 
 def test_two_processes_pretrain_one_encoder_written_by_rank_zero(distributed_run):
-    unit = distributed_run / "pretrain" / "simclr"
+    unit = distributed_run / "pretrain" / "simclr" / "seed0"
     assert [_probe(distributed_run, rank)["encoders_saved"] for rank in (0, 1)] == [1, 0]
     state = torch.load(unit / "encoder.pt", weights_only=True)
     monai_resnet18(stage_widths(0.125)).load_state_dict(state, strict=True)
