@@ -71,7 +71,8 @@ def make_splits(
     `test_mode="fixed"`: the test set has `test_subjects` subjects (or the share `test` when
     None) and depends on `test_seed` only: it is identical for every seed and fold, so one
     pretraining can exclude it once (docs/contracts.md, "Split file"). `test_mode="rotating"`:
-    `test`, `test_subjects` and `test_seed` play no part; see the module docstring.
+    `test`, `test_subjects` and `test_seed` play no part (a profile's fixed-mode sizes need not
+    be unset); see the module docstring.
     """
     fractions = _check_arguments(test, folds, seeds, fractions, test_subjects, test_mode)
     subjects = subject_labels(table)
@@ -80,8 +81,10 @@ def make_splits(
     count = _round_half_up(test * len(subjects)) if test_subjects is None else test_subjects
     if count >= len(subjects):
         raise SplitError(
-            f"splits.test_subjects={test_subjects}: the manifest has only {len(subjects)} "
-            "labelled subjects. Use fewer test subjects or more labelled subjects."
+            f"splits.test_subjects={test_subjects} (the profiles size the phantom's test set "
+            f"with it): the manifest has only {len(subjects)} labelled subjects. Set "
+            "splits.test_subjects=null to hold out the share splits.test, give fewer test "
+            "subjects, or use splits.test_mode=rotating."
         )
     share = test if test_subjects is None else test_subjects / len(subjects)
     rng = np.random.default_rng([test_seed, TEST_STREAM])
@@ -198,12 +201,6 @@ def _check_arguments(test, folds, seeds, fractions, test_subjects, test_mode) ->
     if test_subjects is not None and (int(test_subjects) != test_subjects or test_subjects < 0):
         raise SplitError(
             f"splits.test_subjects must be null or a whole number of subjects, not {test_subjects}."
-        )
-    if test_subjects is not None and test_mode == "rotating":
-        raise SplitError(
-            f"splits.test_subjects={test_subjects} sizes the fixed test set; with "
-            "splits.test_mode=rotating every labelled subject is tested once per seed. Set "
-            "splits.test_subjects=null or splits.test_mode=fixed."
         )
     if int(folds) != folds or folds < 2:
         raise SplitError(f"folds must be an integer of at least 2, not {folds}.")
