@@ -29,6 +29,7 @@ from benchmark.datasets.splits import (
     make_splits,
     partition_subjects,
     read_splits,
+    split_test_mode,
     training_subjects,
     write_splits,
 )
@@ -72,9 +73,17 @@ class RunData:
         """Labelled volumes of the nested label-fraction subset of a fold's training set."""
         return self.rows_of_subjects(training_subjects(self.splits, seed, fold, fraction))
 
-    def test_subjects(self) -> set[str]:
-        """Subjects of the fixed test set (the same for every seed and fold)."""
-        return set(self.splits.loc[self.splits["partition"] == "test", "subject_id"])
+    @property
+    def test_mode(self) -> str:
+        """``fixed`` (one test set for every seed and fold) or ``rotating`` (outer folds)."""
+        return split_test_mode(self.splits)
+
+    def test_subjects(self, seed: int | None = None, fold: int | None = None) -> set[str]:
+        """Test subjects of one seed and fold, or (without them) of any fold: the fixed test
+        set, or in rotating mode every labelled subject (each is tested in some fold)."""
+        if seed is None or fold is None:
+            return set(self.splits.loc[self.splits["partition"] == "test", "subject_id"])
+        return set(partition_subjects(self.splits, seed, fold, "test"))
 
     def pretraining_pool(self, pool: str) -> tuple[np.ndarray, str]:
         """Volumes self-supervised pretraining may see, and a sentence saying which.
@@ -82,9 +91,26 @@ class RunData:
         ``unlabelled``: the unlabelled rows; when the manifest has none, the labelled non-test
         volumes instead (said so). ``unlabelled+train``: both. Test subjects never enter: the
         leak check of the splits module is called on the result.
+
+        With rotating test folds every labelled subject is a test subject of some fold, so the
+        pool (shared by every fold of a run-scoped method) may hold unlabelled volumes only: the
+        labelled alternatives are refused rather than made fold-scoped, which would multiply
+        every method's pretraining by the number of folds.
         """
         table = self.cohort.table
         unlabelled = np.flatnonzero(table["label"].isna().to_numpy())
+        if self.test_mode == "rotating" and (pool != "unlabelled" or not len(unlabelled)):
+            raise DataSettingError(
+                f"pretrain.pool={pool} with splits.test_mode=rotating: every labelled subject is "
+                "a test subject of one fold, so pretraining on labelled volumes would see test "
+                "data. "
+                + (
+                    "Use pretrain.pool=unlabelled."
+                    if len(unlabelled)
+                    else "The manifest has no unlabelled rows: add unlabelled volumes for "
+                    "pretraining or use splits.test_mode=fixed."
+                )
+            )
         labelled_subjects = set(self.splits["subject_id"]) - self.test_subjects()
         labelled_non_test = self.rows_of_subjects(labelled_subjects)
         if pool == "unlabelled" and len(unlabelled):
@@ -265,6 +291,8 @@ def stage_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> Pendin
             seeds=tuple(cfg.splits.seeds),
             fractions=tuple(cfg.splits.fractions),
             test_seed=int(cfg.splits.test_seed),
+            test_subjects=cfg.splits.test_subjects,
+            test_mode=str(cfg.splits.test_mode),
         )
     return PendingData(RunData(manifest, cohort, splits, cohort_fingerprint(cohort)), out)
 

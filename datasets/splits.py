@@ -1,15 +1,22 @@
-"""Subject-grouped, stratified splits: a fixed test set, k folds per seed, nested label fractions.
+"""Subject-grouped, stratified splits: a test set, k folds per seed, nested label fractions.
 
 docs/protocol.md: a 30 % stratified test set, 5-fold stratified CV on the rest, label fractions of
-10/20/40/60/80/100 % of each fold's training set. Unlike the reference code, every split here
+10/20/40/60/80/100 % of each fold's training set. Two test modes:
+- `fixed` (the paper's): one test set (a share `test`, or exactly `test_subjects` subjects) that
+  every seed and fold shares; the folds deal the remaining subjects into validation parts.
+- `rotating` (outer cross-validation, for cohorts too small to set a test set aside): per seed,
+  all labelled subjects are dealt into `folds` parts; fold k tests on part k, validates on part
+  k+1 (mod folds) and trains on the rest, so every labelled subject is tested exactly once per
+  seed. Results are then cross-validated estimates, not a held-out claim. Unlike the reference code, every split here
 is grouped by subject (a subject's two sinuses never straddle partitions), the label fractions
 are nested (10 % lies inside 20 %) per fold and per seed, and there are several seeds.
 
 Subjects are stratified on their label pattern: (number of labelled sinuses, number of
 anomalous ones), e.g. "2 sinuses, 1 anomalous". Within a stratum subjects are shuffled, then
 dealt out so that every part gets its stratum's share to within one subject:
-- test set: each stratum gives its share by largest remainder, drawn once from `test_seed`;
-- folds: the shuffled strata, one after the other, are dealt round-robin to the folds;
+- fixed test set: each stratum gives its share by largest remainder, drawn once from `test_seed`;
+- folds (and rotating test parts): the shuffled strata, one after the other, are dealt
+  round-robin to the folds;
 - fractions: each fold's training subjects are put in one order in which every prefix is
   stratified (each step takes the stratum furthest behind its share); a fraction is a prefix.
 
@@ -33,6 +40,7 @@ from benchmark.files import write_atomic
 SPLIT_COLUMNS = ["seed", "fold", "subject_id", "partition", "fraction"]
 PARTITIONS = ("test", "val", "train")
 PAPER_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+TEST_MODES = ("fixed", "rotating")
 # Independent random streams for the three draws, so changing one never shifts another.
 TEST_STREAM, FOLD_STREAM, FRACTION_STREAM = 0, 1, 2
 
@@ -52,46 +60,113 @@ def make_splits(
     seeds: tuple[int, ...] = (0, 1, 2),
     fractions: tuple[float, ...] = PAPER_FRACTIONS,
     test_seed: int = 0,
+    test_subjects: int | None = None,
+    test_mode: str = "fixed",
 ) -> pd.DataFrame:
     """Make the split table for the labelled rows of `table` (a manifest table).
 
     `table` needs `subject_id` and `label` (rows without a label are ignored). `fractions` are
-    sorted and 1.0 is added when missing, so that every training subject has a fraction. The
-    test set depends on `test_seed` only: it is identical for every seed and fold, so one
-    pretraining can exclude it once (docs/contracts.md, "Split file").
+    sorted and 1.0 is added when missing, so that every training subject has a fraction.
+    `test_mode="fixed"`: the test set has `test_subjects` subjects (or the share `test` when
+    None) and depends on `test_seed` only: it is identical for every seed and fold, so one
+    pretraining can exclude it once (docs/contracts.md, "Split file"). `test_mode="rotating"`:
+    `test`, `test_subjects` and `test_seed` play no part (a profile's fixed-mode sizes need not
+    be unset); see the module docstring.
     """
-    fractions = _check_arguments(test, folds, seeds, fractions)
+    fractions = _check_arguments(test, folds, seeds, fractions, test_subjects, test_mode)
     subjects = subject_labels(table)
-    test_ids = _draw_test_set(subjects, test, np.random.default_rng([test_seed, TEST_STREAM]))
-    if test > 0:
-        _require_both_labels(subjects.loc[test_ids], "the test set", "Use a larger test share.")
+    if test_mode == "rotating":
+        return _rotating_splits(subjects, folds, seeds, fractions)
+    count = _round_half_up(test * len(subjects)) if test_subjects is None else test_subjects
+    if count >= len(subjects):
+        raise SplitError(
+            f"splits.test_subjects={test_subjects} (the profiles size the phantom's test set "
+            f"with it): the manifest has only {len(subjects)} labelled subjects. Set "
+            "splits.test_subjects=null to hold out the share splits.test, give fewer test "
+            "subjects, or use splits.test_mode=rotating."
+        )
+    share = test if test_subjects is None else test_subjects / len(subjects)
+    rng = np.random.default_rng([test_seed, TEST_STREAM])
+    test_ids = _draw_test_set(subjects, share, count, rng)
+    if count > 0:
+        _require_both_labels(subjects.loc[test_ids], "the test set", "Use a larger test set.")
     development = subjects.drop(index=test_ids)
     if len(development) < folds:
         raise SplitError(
             f"{len(development)} labelled subjects remain after the test set, too few for "
-            f"{folds} folds. Use fewer folds, a smaller test share or more labelled subjects."
+            f"{folds} folds. Use fewer folds, a smaller test set or more labelled subjects."
         )
     rows, problems = [], []
     for seed in seeds:
         fold_of = _deal_folds(development, folds, np.random.default_rng([seed, FOLD_STREAM]))
         for fold in range(folds):
-            where = f"seed {seed}, fold {fold}"
-            validation = development[fold_of == fold]
+            parts = {"test": subjects.loc[test_ids], "val": development[fold_of == fold]}
             training = development[fold_of != fold]
-            order = _stratified_order(
-                training, np.random.default_rng([seed, FRACTION_STREAM, fold])
-            )
-            try:
+            rows += _fold_rows(seed, fold, parts, training, fractions, problems)
+    return _split_table(rows, problems)
+
+
+def _rotating_splits(
+    subjects: pd.DataFrame, folds: int, seeds: tuple[int, ...], fractions: list[float]
+) -> pd.DataFrame:
+    """Outer cross-validation: fold k tests part k, validates part k+1 and trains the rest."""
+    if folds < 3:
+        raise SplitError(
+            f"splits.test_mode=rotating needs splits.folds of at least 3 (a test, a validation "
+            f"and a training part), not {folds}."
+        )
+    if len(subjects) < folds:
+        raise SplitError(
+            f"{len(subjects)} labelled subjects are too few for {folds} folds. Use fewer folds "
+            "or more labelled subjects."
+        )
+    rows, problems = [], []
+    for seed in seeds:
+        part_of = _deal_folds(subjects, folds, np.random.default_rng([seed, FOLD_STREAM]))
+        for fold in range(folds):
+            validation_part = (fold + 1) % folds
+            parts = {
+                "test": subjects[part_of == fold],
+                "val": subjects[part_of == validation_part],
+            }
+            training = subjects[(part_of != fold) & (part_of != validation_part)]
+            rows += _fold_rows(seed, fold, parts, training, fractions, problems)
+    return _split_table(rows, problems)
+
+
+def _fold_rows(
+    seed: int,
+    fold: int,
+    parts: dict[str, pd.DataFrame],
+    training: pd.DataFrame,
+    fractions: list[float],
+    problems: list[str],
+) -> list[tuple]:
+    """The rows of one seed and fold; a problem is appended to `problems` instead."""
+    where = f"seed {seed}, fold {fold}"
+    order = _stratified_order(training, np.random.default_rng([seed, FRACTION_STREAM, fold]))
+    try:
+        for partition, members in parts.items():
+            if partition == "val" or len(members):
                 _require_both_labels(
-                    validation, f"the validation set of {where}", "Use fewer folds."
+                    members, f"the {_NAMES[partition]} of {where}", "Use fewer folds."
                 )
-                fraction_of = _smallest_fractions(training.loc[order], fractions, where)
-            except SplitError as problem:
-                problems.append(str(problem))
-                continue
-            rows += [(seed, fold, subject, "test", math.nan) for subject in test_ids]
-            rows += [(seed, fold, subject, "val", math.nan) for subject in validation.index]
-            rows += [(seed, fold, s, "train", f) for s, f in zip(order, fraction_of)]
+        fraction_of = _smallest_fractions(training.loc[order], fractions, where)
+    except SplitError as problem:
+        problems.append(str(problem))
+        return []
+    rows = [
+        (seed, fold, subject, partition, math.nan)
+        for partition, members in parts.items()
+        for subject in members.index
+    ]
+    return rows + [(seed, fold, s, "train", f) for s, f in zip(order, fraction_of)]
+
+
+_NAMES = {"test": "test set", "val": "validation set"}
+
+
+def _split_table(rows: list[tuple], problems: list[str]) -> pd.DataFrame:
     if problems:
         raise SplitError("\n".join(problems))
     splits = pd.DataFrame(rows, columns=SPLIT_COLUMNS)
@@ -157,9 +232,15 @@ def subject_labels(table: pd.DataFrame) -> pd.DataFrame:
     return subjects.sort_index()
 
 
-def _check_arguments(test, folds, seeds, fractions) -> list[float]:
+def _check_arguments(test, folds, seeds, fractions, test_subjects, test_mode) -> list[float]:
+    if test_mode not in TEST_MODES:
+        raise SplitError(f"splits.test_mode must be fixed or rotating, not {test_mode!r}.")
     if not 0 <= test < 1:
         raise SplitError(f"the test share must be in [0, 1), not {test}.")
+    if test_subjects is not None and (int(test_subjects) != test_subjects or test_subjects < 0):
+        raise SplitError(
+            f"splits.test_subjects must be null or a whole number of subjects, not {test_subjects}."
+        )
     if int(folds) != folds or folds < 2:
         raise SplitError(f"folds must be an integer of at least 2, not {folds}.")
     if len(seeds) == 0 or len(set(seeds)) != len(seeds):
@@ -175,12 +256,14 @@ def _shuffled_strata(subjects: pd.DataFrame, rng: np.random.Generator) -> list[l
     return [list(rng.permutation(group.index)) for _, group in subjects.groupby("stratum")]
 
 
-def _draw_test_set(subjects: pd.DataFrame, test: float, rng: np.random.Generator) -> list[str]:
-    """Each stratum's share of `test`, apportioned by largest remainder."""
+def _draw_test_set(
+    subjects: pd.DataFrame, share: float, count: int, rng: np.random.Generator
+) -> list[str]:
+    """`count` subjects (`share` of them), each stratum's share by largest remainder."""
     strata = _shuffled_strata(subjects, rng)
-    quotas = np.array([test * len(stratum) for stratum in strata])
+    quotas = np.array([share * len(stratum) for stratum in strata])
     counts = np.floor(quotas).astype(int)
-    missing = _round_half_up(test * len(subjects)) - counts.sum()
+    missing = count - counts.sum()
     counts[np.argsort(-(quotas - counts), kind="stable")[:missing]] += 1
     return sorted(subject for stratum, count in zip(strata, counts) for subject in stratum[:count])
 
@@ -327,17 +410,42 @@ def _validate(splits: pd.DataFrame, path: Path, lines) -> None:
         raise SplitError("\n".join(problems))
     groups = splits.groupby(["seed", "fold"])
     subject_sets = {key: frozenset(group["subject_id"]) for key, group in groups}
-    test_sets = {
-        key: frozenset(group.loc[group["partition"] == "test", "subject_id"])
-        for key, group in groups
-    }
-    for name, sets in (("subjects", subject_sets), ("test subjects", test_sets)):
-        if len(set(sets.values())) > 1:
-            raise SplitError(
-                f"{path}: the {name} differ between (seed, fold) pairs {sorted(sets)}; every "
-                "seed and fold must list the same subjects and share one test set. Remake the "
-                "splits with make_splits."
-            )
+    if len(set(subject_sets.values())) > 1:
+        raise SplitError(
+            f"{path}: the subjects differ between (seed, fold) pairs {sorted(subject_sets)}; "
+            "every seed and fold must list the same subjects. Remake the splits with "
+            "make_splits."
+        )
+    if _test_mode_or_none(splits) is None:
+        raise SplitError(
+            f"{path}: the test subjects fit neither test mode: a fixed test set is the same "
+            "for every seed and fold, and rotating test parts give every subject the test "
+            "partition in exactly one fold of each seed. Remake the splits with make_splits."
+        )
+
+
+def split_test_mode(splits: pd.DataFrame) -> str:
+    """``fixed`` (one test set for every seed and fold) or ``rotating`` (outer folds)."""
+    mode = _test_mode_or_none(splits)
+    if mode is None:
+        raise SplitError("the split table fits neither test mode; remake it with make_splits.")
+    return mode
+
+
+def _test_mode_or_none(splits: pd.DataFrame) -> str | None:
+    test = splits[splits["partition"] == "test"]
+    pairs = set(zip(splits["seed"], splits["fold"]))
+    test_sets = {pair: frozenset() for pair in pairs}
+    test_sets.update(
+        {key: frozenset(group) for key, group in test.groupby(["seed", "fold"])["subject_id"]}
+    )
+    if len(set(test_sets.values())) == 1:
+        return "fixed"
+    subjects = splits["subject_id"].nunique()
+    seeds = sorted(set(splits["seed"]))
+    tested = test.groupby("seed")["subject_id"]
+    once = tested.nunique().reindex(seeds).eq(subjects) & tested.size().reindex(seeds).eq(subjects)
+    return "rotating" if once.all() else None
 
 
 def _select(splits: pd.DataFrame, seed: int, fold: int) -> pd.DataFrame:

@@ -39,6 +39,8 @@ def command_data_splits(args: argparse.Namespace) -> None:
         seeds=tuple(int(s) for s in comma_list(args.seeds)),
         fractions=tuple(float(f) for f in comma_list(args.fractions)),
         test_seed=args.test_seed,
+        test_subjects=args.test_subjects,
+        test_mode=args.test_mode,
     )
     write_splits(splits, args.out)
     print(f"wrote {args.out}: {splits['subject_id'].nunique()} subjects, {len(splits)} rows")
@@ -167,6 +169,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     splits.add_argument("--seeds", default="0,1,2")
     splits.add_argument("--fractions", default="0.1,0.2,0.4,0.6,0.8,1.0")
     splits.add_argument("--test-seed", type=int, default=0)
+    splits.add_argument(
+        "--test-subjects", type=int, default=None, help="exactly this many test subjects"
+    )
+    splits.add_argument(
+        "--test-mode",
+        choices=["fixed", "rotating"],
+        default="fixed",
+        help="fixed: one held-out test set; rotating: every subject tested once per seed",
+    )
     splits.set_defaults(handler=command_data_splits)
 
     check = data_commands.add_parser(

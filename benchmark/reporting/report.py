@@ -28,6 +28,7 @@ from benchmark.errors import UserError
 from benchmark.evaluation.protocols import PROTOCOLS
 from benchmark.reporting import figures, tables
 from benchmark.reporting.collect import RunResults, collect
+from benchmark.reporting.pooling import evaluation_design, pooled_auprc, pooled_predictions
 from benchmark.reporting.summaries import (
     METRICS,
     ROLE_LABELS,
@@ -80,6 +81,7 @@ class Context:
     profile: str
     test_subjects: int
     test_volumes: int
+    design: str  # fixed | rotating | none (benchmark.reporting.pooling.evaluation_design)
     replicates: int
     reference: str | None
     level: float
@@ -135,10 +137,26 @@ def _describe(values: pd.Series, unknown: str) -> str:
     return ", ".join(sorted(values.dropna().astype(str).unique())) or unknown
 
 
+def test_size(context: Context) -> str:
+    """The test set of the cells' predictions, in words (every caption states it)."""
+    if context.design == "rotating":
+        return (
+            f"rotating test folds: each of the {context.test_subjects} labelled subjects "
+            f"({context.test_volumes} volumes) is tested once per seed, by the fold that held "
+            "it out"
+        )
+    if context.design == "fixed":
+        return (
+            f"fixed test set of {context.test_subjects} subjects ({context.test_volumes} volumes)"
+        )
+    return "no stored test predictions"
+
+
 def metric_caption(
     metric: str, protocol: str, table: pd.DataFrame, tests: pd.DataFrame, context: Context
 ) -> str:
-    """States the protocol, n, the backbone, the profile, the chance level and the marks."""
+    """States the protocol, n, the test size, the backbone, the profile, the chance level and
+    the marks."""
     label = figures.LABELS[metric]
     described = PROTOCOLS.get(protocol).description if protocol in PROTOCOLS else protocol
     folds, seeds = table["folds"].max(), table["seeds"].max()
@@ -148,9 +166,14 @@ def metric_caption(
     )
     if table["ci_low"].notna().any():
         text += (
-            f", [{context.level:.0%} CI] of the mean by bootstrap over the "
-            f"{context.test_subjects} test subjects ({context.test_volumes} volumes, "
-            f"{context.replicates} resamples)"
+            f", [{context.level:.0%} CI] of the mean by bootstrap over the test subjects "
+            f"({context.replicates} resamples)"
+        )
+    text += f". Test: {test_size(context)}"
+    if context.design == "rotating":
+        text += (
+            "; each cell scores only its fold's test part (pooled out-of-fold AUPRC over every "
+            "subject: tables/pooled_auprc.md)"
         )
     text += f". Backbone {context.backbone}; profile {context.profile}"
     text += views_clause(context.view_presets)
@@ -321,6 +344,7 @@ def write_report(
     chosen = _chosen_fraction(results.cells, fraction)
     protocols = ordered_protocols(results.done)
     test_set = FixedTestSet.of(results.records)
+    predictions = pooled_predictions(results.records.values())
     bootstrap = Bootstrap.run(results, test_set, replicates, seed) if test_set else None
     if bootstrap is None:
         notes.append("the cell files hold no predictions: no confidence intervals or PR curves")
@@ -330,6 +354,7 @@ def write_report(
         profile=_describe(done["profile"], "unknown profile"),
         test_subjects=test_set.n_subjects if test_set else 0,
         test_volumes=len(test_set.volumes) if test_set else 0,
+        design=evaluation_design(predictions),
         replicates=replicates,
         reference=reference,
         level=level,
@@ -346,6 +371,9 @@ def write_report(
     )
     colours = figures.method_colours(list(results.cells["method"]))
     files, markdown, headline = [], {}, {}
+    if context.design == "rotating":
+        files += _write_pooled(predictions, protocols, replicates, seed, context, out)
+        markdown["pooled"] = (out / "tables" / "pooled_auprc.md").read_text()
     for name in METRICS:
         summary, tests, texts, written = _write_metric(
             name, results, bootstrap, protocols, context, out
@@ -425,6 +453,46 @@ def write_report(
     return Report(summary, texts["md"], files, notes, texts, warnings)
 
 
+def _write_pooled(
+    predictions: pd.DataFrame,
+    protocols: list[str],
+    replicates: int,
+    seed: int,
+    context: Context,
+    out: Path,
+) -> list[Path]:
+    """``tables/pooled_auprc.{csv,md,tex}``: rotating test folds' pooled out-of-fold AUPRC."""
+    pooled = pooled_auprc(predictions, replicates, seed, context.level)
+    files = [_csv(pooled, out / "tables" / "pooled_auprc.csv")]
+    texts = {"md": [], "tex": []}
+    no_tests = pd.DataFrame(columns=["method", "fraction"])
+    for protocol in protocols:
+        rows = pooled[pooled["protocol"] == protocol]
+        caption = (
+            f"AUPRC of the {protocol} protocol, pooled out-of-fold: per seed, the test "
+            f"predictions of the folds are pooled into one AUPRC over every labelled subject "
+            f"({test_size(context)}); mean ± std over {int(rows['n'].max())} seed(s), "
+            f"[{context.level:.0%} CI] of the mean by bootstrap over the subjects "
+            f"({replicates} resamples). A cross-validated estimate: no subject was held out of "
+            f"every fold's model selection. Backbone {context.backbone}; profile "
+            f"{context.profile}; {rows['prevalence'].mean():.2f} (the prevalence) is the AUPRC "
+            "of a random classifier. Bold: best mean per fraction."
+        )
+        label = f"tab:ssl3d-pooled-auprc-{protocol}"
+        for notation, key in (
+            (tables.Notation(False, context.labels), "md"),
+            (tables.Notation(True, context.labels), "tex"),
+        ):
+            table = tables.metric_table(rows, no_tests, None, caption, label, notation)
+            text = (tables.latex if notation.latex else tables.markdown)(table)
+            texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
+    for key in ("md", "tex"):
+        path = out / "tables" / f"pooled_auprc.{key}"
+        path.write_text("\n".join(texts[key]))
+        files.append(path)
+    return files
+
+
 def _write_pathology(
     pathology: pd.DataFrame,
     protocols: list[str],
@@ -444,9 +512,9 @@ def _write_pathology(
             f"Per finding, {protocol} protocol, label fraction {fraction:g}: AUPRC of normal "
             f"vs that finding (normal volumes and those with the finding; chance = the "
             f"finding's share of them) / recall at the validation threshold; 'normal': "
-            f"specificity. Means over the cells; n = test volumes with the finding. Backbone "
-            f"{context.backbone}; profile {context.profile}. Every fraction and 95 % CIs: "
-            f"tables/pathology.csv.{context.closing}"
+            f"specificity. Means over the cells; n = test volumes with the finding. Test: "
+            f"{test_size(context)}. Backbone {context.backbone}; profile {context.profile}. "
+            f"Every fraction and 95 % CIs: tables/pathology.csv.{context.closing}"
         )
         label = f"tab:ssl3d-pathology-{protocol}"
         for notation, key in (
@@ -476,7 +544,8 @@ def _write_localisation(
         f" against the ground-truth masks of the {int(overall['volumes'].max())} anomalous test "
         f"volumes with a mask): voxel AUPRC / pointing-game hit rate, means over the cells, by "
         f"label fraction. Chance level of both: {overall['chance'].mean():.3f} (the mean share "
-        f"of the volume a mask covers). Backbone {context.backbone}; profile {context.profile}. "
+        f"of the volume a mask covers). Test: {test_size(context)}. Backbone {context.backbone}; "
+        f"profile {context.profile}. "
         f"Per finding and std: tables/localisation.csv.{context.closing}"
     )
     for notation, key in (
@@ -579,8 +648,7 @@ def _summary_page(
     )
     reference_text = f"; † / ‡ vs {reference} (Holm p < {context.alpha:g})" if reference else ""
     subtitle = (
-        f"{context.backbone}; profile {context.profile}; {context.test_subjects} test subjects "
-        f"({context.test_volumes} volumes); bands and bars: {context.level:.0%} bootstrap CI over "
+        f"{context.backbone}; profile {context.profile}; {test_size(context)}; bands and bars: {context.level:.0%} bootstrap CI over "
         f"test subjects{reference_text}"
     )
     return figures.summary_page(

@@ -532,7 +532,9 @@ def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float
 def paper_fold_size() -> int:
     """Labelled training volumes of one fold of the ``paper`` profile at fraction 1.0."""
     paper = load_config("paper")
-    return int(2 * paper.phantom.labelled * (1 - paper.splits.test) * (1 - 1 / paper.splits.folds))
+    labelled, test = paper.phantom.labelled, paper.splits.test_subjects
+    development = labelled * (1 - paper.splits.test) if test is None else labelled - test
+    return int(2 * development * (1 - 1 / paper.splits.folds))
 
 
 def run_perf(

@@ -10,6 +10,7 @@ from benchmark.datasets.splits import (
     make_splits,
     partition_subjects,
     read_splits,
+    split_test_mode,
     subject_labels,
     training_subjects,
     write_splits,
@@ -121,7 +122,7 @@ def test_bad_split_file_names_line_and_column(tmp_path, splits):
     edited = splits.copy()
     first_test = edited.index[edited["partition"] == "test"][0]
     edited.loc[first_test, "partition"] = "val"
-    with pytest.raises(SplitError, match="test subjects differ between"):
+    with pytest.raises(SplitError, match="test subjects fit neither test mode"):
         write_splits(edited, path)
 
 
@@ -160,3 +161,78 @@ def test_invalid_arguments():
         make_splits(labelled_table(), fractions=(0, 0.5, 1.5))
     with pytest.raises(SplitError, match="folds must be an integer of at least 2"):
         make_splits(labelled_table(), folds=1)
+
+
+def test_test_subjects_gives_exactly_that_many_stratified_test_subjects():
+    everyone = list(subject_labels(labelled_table()).index)
+    for count in (10, 25):
+        splits = make_splits(labelled_table(), folds=3, seeds=(0, 1), test_subjects=count)
+        test = partition_subjects(splits, 0, 0, "test")
+        assert len(test) == count
+        assert all(partition_subjects(splits, 1, f, "test") == test for f in range(3))
+        assert_stratified(test, everyone, count / len(everyone))
+        assert split_test_mode(splits) == "fixed"
+    too_many = r"splits.test_subjects=62 \(.*\): the manifest has only 62 labelled subjects. Set "
+    with pytest.raises(SplitError, match=too_many):
+        make_splits(labelled_table(), folds=3, test_subjects=62)
+    with pytest.raises(SplitError, match="splits.test_subjects must be null or a whole"):
+        make_splits(labelled_table(), folds=3, test_subjects=2.5)
+
+
+@pytest.fixture(scope="module")
+def rotating():
+    return make_splits(
+        labelled_table(), folds=FOLDS, seeds=SEEDS, fractions=FRACTIONS, test_mode="rotating"
+    )
+
+
+def test_rotating_tests_every_subject_once_per_seed_with_disjoint_stratified_parts(rotating):
+    everyone = sorted(subject_labels(labelled_table()).index)
+    assert split_test_mode(rotating) == "rotating"
+    assert not rotating.duplicated(["seed", "fold", "subject_id"]).any()  # one partition each
+    for seed in SEEDS:
+        tests = [partition_subjects(rotating, seed, fold, "test") for fold in range(FOLDS)]
+        assert sorted(s for test in tests for s in test) == everyone  # exactly once per seed
+        for fold, test in enumerate(tests):
+            assert_stratified(test, everyone, 1 / FOLDS)
+            val = partition_subjects(rotating, seed, fold, "val")
+            train = partition_subjects(rotating, seed, fold, "train")
+            assert val == tests[(fold + 1) % FOLDS]
+            assert sorted(test + val + train) == everyone
+            assert not (set(test) | set(val)) & set(train)
+            previous = set()
+            for fraction in FRACTIONS:  # nested, stratified label fractions as in fixed mode
+                chosen = training_subjects(rotating, seed, fold, fraction)
+                assert previous <= set(chosen) and set(chosen) <= set(train)
+                assert_stratified(chosen, train, len(chosen) / len(train))
+                previous = set(chosen)
+    assert partition_subjects(rotating, 0, 0, "test") != partition_subjects(rotating, 1, 0, "test")
+
+
+def test_rotating_split_file_round_trip_and_refusals(tmp_path, rotating):
+    path = tmp_path / "splits.csv"
+    write_splits(rotating, path)
+    pd.testing.assert_frame_equal(read_splits(path), rotating)
+    test = rotating.index[(rotating["seed"] == 0) & (rotating["fold"] == 0)]
+    tested = rotating.loc[test][rotating.loc[test, "partition"] == "test"].index
+    twice = rotating.copy()  # a subject tested in fold 0 and fold 1 of the same seed
+    subject = twice.loc[tested[0], "subject_id"]
+    other = twice.index[
+        (twice["seed"] == 0) & (twice["fold"] == 1) & (twice["subject_id"] == subject)
+    ]
+    twice.loc[other, ["partition", "fraction"]] = ["test", np.nan]
+    with pytest.raises(SplitError, match="fit neither test mode"):
+        write_splits(twice, path)
+    both = pd.concat([rotating, rotating.loc[tested[:1]].assign(partition="train", fraction=1.0)])
+    with pytest.raises(SplitError, match="listed twice for this seed and fold"):
+        write_splits(both, path)  # test and train in the same fold
+    with pytest.raises(SplitError, match="splits.test_mode=rotating needs splits.folds of at"):
+        make_splits(labelled_table(), folds=2, test_mode="rotating")
+    pd.testing.assert_frame_equal(
+        make_splits(
+            labelled_table(), 0.2, FOLDS, SEEDS, FRACTIONS, 3, test_subjects=9, test_mode="rotating"
+        ),
+        rotating,
+    )  # the fixed test set's settings play no part
+    with pytest.raises(SplitError, match="splits.test_mode must be fixed or rotating"):
+        make_splits(labelled_table(), test_mode="nested")

@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score
 from benchmark.cli import main
 from benchmark.evaluation.metrics import classification_metrics
 from benchmark.reporting.collect import MixedConfigurationError, collect
+from benchmark.reporting.pooling import evaluation_design, pooled_auprc, pooled_predictions
 from benchmark.reporting.report import EmptyReportError, write_report
 from benchmark.reporting.statistics import subject_draws
 from benchmark.reporting.summaries import (
@@ -358,3 +359,71 @@ def test_report_prints_the_chosen_metric_as_csv(perfect_vs_random, capsys):
     printed = capsys.readouterr().out
     table = (perfect_vs_random / "tables" / "auroc.csv").read_text()
     assert table in printed and table.startswith("method,fraction,mean,std,n,failed")
+
+
+def _rotating_run(out, folds=3, seeds=(0, 1)):
+    """Cells of rotating test folds: fold k scores subjects k, k + folds, ... of every seed."""
+    volumes = _volumes()
+    records = []
+    for method, kind in (("scratch", "random"), ("simclr", "good")):
+        for fraction, fold, seed in itertools.product([0.5, 1.0], range(folds), seeds):
+            part = {s for i, s in enumerate(SUBJECTS) if (i + seed) % folds == fold}
+            mine = [v for v in volumes if v["subject_id"] in part]
+            records.append(
+                _write_scored_cell(out, method, kind, fraction, fold, seed, volumes=mine)
+            )
+    return records
+
+
+def test_pooled_predictions_equal_sklearn_on_the_concatenated_folds(tmp_path):
+    records = _rotating_run(tmp_path)
+    predictions = pooled_predictions(records)
+    assert evaluation_design(predictions) == "rotating"
+    pooled = pooled_auprc(predictions, replicates=50).set_index(["method", "fraction"])
+    for (method, fraction), row in pooled.iterrows():
+        per_seed = []
+        for seed in (0, 1):
+            chosen = [
+                r
+                for r in records
+                if (r["method"], r["fraction"], r["seed"]) == (method, fraction, seed)
+            ]
+            concatenated = pd.DataFrame([p for r in chosen for p in r["predictions"]])
+            assert len(concatenated) == 2 * len(SUBJECTS)  # every volume once per seed
+            assert set(concatenated["subject_id"]) == set(SUBJECTS)
+            per_seed.append(average_precision_score(concatenated["label"], concatenated["score"]))
+        assert row["mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+        assert row["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
+        assert row["n"] == 2 and row["subjects"] == len(SUBJECTS) and row["ci_low"] <= row["mean"]
+    fixed = pooled_predictions(collect_records_of_fixed_cells(tmp_path / "fixed"))
+    assert evaluation_design(fixed) == "fixed"
+    overlapping = [dict(r) for r in records]
+    overlapping[1] = {**overlapping[1], "predictions": overlapping[0]["predictions"][:4]}
+    with pytest.raises(MixedConfigurationError, match="overlapping but different test subjects"):
+        evaluation_design(pooled_predictions(overlapping))
+
+
+def collect_records_of_fixed_cells(out):
+    return [_write_scored_cell(out, "scratch", "random", 1.0, fold, 0) for fold in range(3)]
+
+
+def test_rotating_report_pools_out_of_fold_predictions_and_captions_say_so(tmp_path):
+    _rotating_run(tmp_path)
+    write_report(tmp_path, replicates=50)
+    pooled = (tmp_path / "tables" / "pooled_auprc.md").read_text()
+    assert "pooled out-of-fold" in pooled
+    assert f"each of the {len(SUBJECTS)} labelled subjects ({2 * len(SUBJECTS)} volumes)" in pooled
+    table = pd.read_csv(tmp_path / "tables" / "pooled_auprc.csv")
+    assert set(table["method"]) == {"scratch", "simclr"} and (table["n"] == 2).all()
+    per_cell = (tmp_path / "tables" / "auprc.md").read_text()
+    assert "rotating test folds" in per_cell and "tables/pooled_auprc.md" in per_cell
+    assert "pooled out-of-fold" in (tmp_path / "report.md").read_text()
+
+
+def test_every_caption_states_the_fixed_test_size(perfect_vs_random):
+    write_report(perfect_vs_random, replicates=50)
+    size = f"fixed test set of {len(SUBJECTS)} subjects ({2 * len(SUBJECTS)} volumes)"
+    for name in ("auprc", "auroc", "f1", "pathology"):
+        text = (perfect_vs_random / "tables" / f"{name}.md").read_text()
+        assert text.count(size) == text.count("Backbone") > 0, name
+    assert not (perfect_vs_random / "tables" / "pooled_auprc.md").exists()
