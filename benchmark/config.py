@@ -241,7 +241,10 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "phantom.prevalence": (_number(0, 1, True, True), "a share between 0 and 1 (exclusive)"),
     "phantom.difficulty": (_number(0, 1), "a number from 0 (easy) to 1 (hard)"),
     "phantom.layout": _one_of("sinus", "head"),
+    "phantom.test_subjects": (lambda v: v is None or _whole(2)(v), "null or a count >= 2"),
+    "splits.test_mode": _one_of("fixed", "rotating"),
     "splits.test": (_number(0, 1, True, True), "a share of subjects between 0 and 1"),
+    "splits.test_subjects": (lambda v: v is None or _whole(2)(v), "null or a count >= 2"),
     "splits.folds": (_whole(2), "a whole number of folds >= 2"),
     "splits.seeds": (_distinct(_whole(0)), "a non-empty list of distinct whole numbers >= 0"),
     "splits.fractions": (
@@ -259,6 +262,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain.weight_decay": (_number(0, math.inf), "a number >= 0"),
     "pretrain.momentum": (_number(0, 1, high_open=True), "a number from 0 to below 1"),
     "pretrain.warmup_epochs": (_whole(0), "a whole number of epochs >= 0"),
+    "pretrain.export": _one_of("last", "best"),
     "finetune.protocols": (
         _distinct(lambda v: isinstance(v, str) and bool(v)),
         "a non-empty list of protocol names (ssl3d methods lists them), e.g. [linear, knn]",

@@ -291,10 +291,21 @@ def stage_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> Pendin
             seeds=tuple(cfg.splits.seeds),
             fractions=tuple(cfg.splits.fractions),
             test_seed=int(cfg.splits.test_seed),
-            test_subjects=cfg.splits.test_subjects,
+            test_subjects=test_set_size(cfg),
             test_mode=str(cfg.splits.test_mode),
         )
     return PendingData(RunData(manifest, cohort, splits, cohort_fingerprint(cohort)), out)
+
+
+def test_set_size(cfg: DictConfig) -> int | None:
+    """Exactly how many subjects the fixed test set has: ``splits.test_subjects``, else on the
+    phantom ``phantom.test_subjects`` (profiles size it for the CI they promise), else None (the
+    share ``splits.test``)."""
+    if cfg.splits.test_subjects is not None:
+        return int(cfg.splits.test_subjects)
+    if not cfg.data.manifest and cfg.phantom.test_subjects is not None:
+        return int(cfg.phantom.test_subjects)
+    return None
 
 
 def _check_split_subjects(splits: pd.DataFrame, cohort: Cohort, path: Path) -> None:

@@ -3,7 +3,7 @@
 ``python -m benchmark.tools.ci_width [--subjects 45,160,...] [--datasets 40]`` prints, per number
 of test subjects, the half-width of the 95 % CI of one cell's AUPRC, averaged over simulated
 test sets (and the 90th percentile over them), for classifiers of AUPRC about 0.65, 0.72 and
-0.80. The profiles' ``splits.test_subjects`` come from this table (docs/protocol.md, "Test
+0.80. The profiles' ``phantom.test_subjects`` come from this table (docs/protocol.md, "Test
 set size").
 
 The simulation follows the built-in phantom (``benchmark.datasets.phantom``) and the report:

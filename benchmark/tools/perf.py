@@ -52,7 +52,7 @@ from benchmark.evaluation.finetune import run_finetune
 from benchmark.method import SSLMethod
 from benchmark.registry import get_method
 from benchmark.results import Cell
-from benchmark.rundata import RunData, prepare_data
+from benchmark.rundata import RunData, prepare_data, test_set_size
 from benchmark.training.pretrain import build_method, pool_batches, pretraining_context
 from benchmark.training.runtime import (
     apply_host_settings,
@@ -532,7 +532,7 @@ def estimate_paper_grid(results: list[Throughput], finetune_epoch_seconds: float
 def paper_fold_size() -> int:
     """Labelled training volumes of one fold of the ``paper`` profile at fraction 1.0."""
     paper = load_config("paper")
-    labelled, test = paper.phantom.labelled, paper.splits.test_subjects
+    labelled, test = paper.phantom.labelled, test_set_size(paper)
     development = labelled * (1 - paper.splits.test) if test is None else labelled - test
     return int(2 * development * (1 - 1 / paper.splits.folds))
 

@@ -1,4 +1,4 @@
-"""The test-set-size simulation behind the profiles' splits.test_subjects (docs/protocol.md)."""
+"""The test-set-size simulation behind the profiles' phantom.test_subjects (docs/protocol.md)."""
 
 import numpy as np
 import pytest
