@@ -149,21 +149,22 @@ def run_finetune(
         device=device,
         placement=placement,
     )
-    checkpoint = epoch_checkpoints(workdir, "val_loss")
+    checkpoints = epoch_checkpoints(workdir, "val_loss")
+    best_keeper = checkpoints[0]
     trainer = make_trainer(
         cfg.runtime,
         workdir,
         int(settings.max_epochs),
-        [checkpoint, EarlyStopping("val_loss", patience=int(settings.patience))],
+        [*checkpoints, EarlyStopping("val_loss", patience=int(settings.patience))],
     )
     restart = f"Delete {workdir} to fine-tune {cell.title} again from its first epoch."
     last = resume_checkpoint(workdir, restart)
     trainer.fit(model, train_loader, val_loader, ckpt_path=last, weights_only=True)
-    if not checkpoint.best_model_path:
+    if not best_keeper.best_model_path:
         raise NonFiniteScoresError(
             f"{cell.title}: the validation loss was never finite; lower finetune.lr"
         )
-    best = best_checkpoint(checkpoint, workdir, restart)
+    best = best_checkpoint(best_keeper, workdir, restart)
     model.load_state_dict(best["state_dict"])
 
     val_scores = model.scores(data.images(val_rows), batch_size * 4)

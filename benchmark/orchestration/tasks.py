@@ -156,6 +156,8 @@ class CellTask:
         return {
             "seed": int(self.fingerprint["pretraining"]["pretrain"]["seed"]),
             "unit": self.unit.directory.relative_to(self.out).as_posix(),
+            # A resumed pretraining continues the same schedules and random streams; say so.
+            "resumed_at_epoch": (read_json(self.unit.record_path) or {}).get("resumed_at_epoch"),
         }
 
 

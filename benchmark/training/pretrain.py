@@ -81,9 +81,12 @@ class LossTable(pl.Callback):
     def __init__(self, path: Path):
         self.path = path
         self.started = time.perf_counter()
+        self.resumed_at_epoch: int | None = None  # the first epoch this process ran, on resume
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         # After Lightning restored the loop state, current_epoch is the epoch to run next.
+        if trainer.current_epoch > 0:
+            self.resumed_at_epoch = trainer.current_epoch
         if trainer.is_global_zero and self.path.exists():
             with self.path.open() as handle:
                 kept = [
@@ -261,10 +264,10 @@ def run_pretraining(
     checkpoints = unit.directory / "checkpoints"
     validate = len(val_rows) > 0
     monitor = "val_loss" if validate and (export == "best" or int(settings.patience) > 0) else None
-    callbacks: list[pl.Callback] = [
-        epoch_checkpoints(checkpoints, monitor),
-        LossTable(unit.directory / "losses.csv"),
-    ]
+    keepers = epoch_checkpoints(checkpoints, monitor)
+    best_keeper = keepers[0] if monitor else None
+    loss_table = LossTable(unit.directory / "losses.csv")
+    callbacks: list[pl.Callback] = [*keepers, loss_table]
     if validate and int(settings.patience) > 0:
         callbacks.append(EarlyStopping("val_loss", patience=int(settings.patience)))
     trainer = make_trainer(
@@ -292,7 +295,8 @@ def run_pretraining(
         log(f"{unit.title}: resuming from {last}")
     trainer.fit(method, train_loader, val_loader, ckpt_path=last, weights_only=True)
     if ranks.is_main:
-        _finish_unit(unit, method, trainer, callbacks[0], context, record, started)
+        record["resumed_at_epoch"] = loss_table.resumed_at_epoch
+        _finish_unit(unit, method, trainer, best_keeper, context, record, started)
         log(f"pretrained {unit.title} in {record['seconds']:.0f} s -> {unit.encoder_path}")
     trainer.strategy.barrier()  # every rank returns once encoder.pt exists
     return unit.encoder_path
@@ -302,7 +306,7 @@ def _finish_unit(
     unit: PretrainingUnit,
     method: SSLMethod,
     trainer: pl.Trainer,
-    checkpoints: ModelCheckpoint,
+    best_keeper: ModelCheckpoint | None,
     context: PretrainingContext,
     record: dict,
     started: float,
@@ -310,9 +314,9 @@ def _finish_unit(
     """Rank 0 after training: the last (or, with ``pretrain.export=best``, the best) weights
     exported, the record done, checkpoints gone."""
     best_epoch = None
-    if checkpoints.monitor and checkpoints.best_model_path:
-        folder = unit.directory / "checkpoints"
-        best = best_checkpoint(checkpoints, folder, _restart(unit, folder))
+    folder = unit.directory / "checkpoints"
+    if best_keeper and best_keeper.best_model_path:
+        best = best_checkpoint(best_keeper, folder, _restart(unit, folder))
         best_epoch = int(best["epoch"])
         if record["export"] == "best":
             method.load_state_dict(best["state_dict"])
@@ -324,7 +328,7 @@ def _finish_unit(
         epochs=trainer.current_epoch,
         steps=int(trainer.global_step),
         best_epoch=best_epoch,
-        best_val_loss=float(checkpoints.best_model_score) if best_epoch is not None else None,
+        best_val_loss=float(best_keeper.best_model_score) if best_epoch is not None else None,
         stages=context.stages_used,
         stage_costs=context.stage_costs,
         notes=context.notes,
@@ -333,7 +337,7 @@ def _finish_unit(
         versions=versions(),
     )
     write_json_atomic(unit.record_path, record)
-    shutil.rmtree(checkpoints.dirpath, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_export(settings: DictConfig) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
@@ -187,20 +187,42 @@ def show_progress(runtime: DictConfig) -> bool:
     return bool(runtime.progress_bar)
 
 
-def epoch_checkpoints(directory: Path, monitor: str | None) -> ModelCheckpoint:
-    """``last.ckpt`` after every epoch (for resume) and ``best.ckpt`` by ``monitor``.
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` at the end of every training epoch, whatever the validation loss does and
+    with no validation at all, so a killed training resumes at its last finished epoch.
 
-    Saved at the very end of each training epoch, after validation and after the loss table's
-    row is written, so a run killed at any moment resumes at a consistent epoch boundary.
+    Lightning's own ``save_last`` writes it only in an epoch in which a monitored checkpoint was
+    saved (with a validation loss that stops improving, never again). Written to a temporary
+    file and renamed, so a kill while writing leaves the previous epoch's file. A
+    ``Checkpoint`` subclass: Lightning runs it after the other callbacks (the loss table, the
+    best-checkpoint keeper), so the file holds their state of the same epoch.
     """
-    return ModelCheckpoint(
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / "last.ckpt"
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        temporary = self.path.with_name(".last.ckpt.tmp")
+        trainer.save_checkpoint(temporary)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(temporary, self.path)
+
+
+def epoch_checkpoints(directory: Path, monitor: str | None) -> list[Checkpoint]:
+    """``last.ckpt`` after every epoch (for resume) and, with ``monitor``, ``best.ckpt`` of the
+    epoch with its lowest value (the best-keeper first: ``best_model_path`` is read from it)."""
+    last = LastCheckpoint(directory)
+    if monitor is None:
+        return [last]
+    best = ModelCheckpoint(
         dirpath=directory,
         filename="best",
-        save_last=True,
-        save_top_k=1 if monitor else 0,
+        save_last=False,
+        save_top_k=1,
         monitor=monitor,
         save_on_train_epoch_end=True,
     )
+    return [best, last]
 
 
 # The paths a ModelCheckpoint callback's state records (Lightning restores them on resume; it

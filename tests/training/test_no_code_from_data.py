@@ -33,6 +33,8 @@ from benchmark.training.units import pretraining_units
 
 OVERRIDES = [
     "pretrain.max_epochs=1",
+    "pretrain.export=best",  # a best.ckpt beside last.ckpt: both are read on resume
+    "splits.seeds=[0]",
     "finetune.max_epochs=1",
     "finetune.protocols=[finetune]",
     "splits.fractions=[1.0]",
