@@ -26,6 +26,7 @@ from benchmark.errors import UserError
 from benchmark.evaluation.protocols import PROTOCOLS
 from benchmark.reporting import figures, tables
 from benchmark.reporting.collect import RunResults, collect
+from benchmark.reporting.statistics import resamples_for_family
 from benchmark.reporting.summaries import (
     METRICS,
     Bootstrap,
@@ -113,18 +114,50 @@ def metric_caption(
     text += f"; {chance}. Bold: best mean per fraction."
     tested = tests[tests["pairs"] > 0]
     if context.reference and len(tested):
-        text += (
-            f" †/‡: differs from {context.reference} (paired bootstrap over test subjects / "
-            f"Wilcoxon signed-rank over fold × seed pairs), Holm-adjusted p < {context.alpha:g} "
-            f"over the {len(tested)} comparisons of this table."
-        )
-        pairs = int(tested["pairs"].max())
-        if 2.0 ** (1 - pairs) >= context.alpha:
-            text += (
-                f" With {pairs} fold × seed pair(s) the Wilcoxon test cannot reach "
-                f"p < {context.alpha:g}."
-            )
+        text += " " + significance_caption(tested, context, metric)
     return text
+
+
+def significance_caption(tests: pd.DataFrame, context: Context, metric: str) -> str:
+    """What the marks test, the family, the resamples and the minimum detectable difference."""
+    family = int(tests["family"].max())
+    text = (
+        f"*: differs from {context.reference} by the paired t-test over training (pretraining "
+        f"seeds, cells) and test-subject variation; †: by the paired bootstrap over test "
+        f"subjects alone ({context.replicates} resamples; conditional on the trained models); "
+        f"both Holm-adjusted p < {context.alpha:g} within each fraction's family of "
+        f"{family} comparison(s) vs {context.reference}."
+    )
+    mdd = tests["mdd"].dropna()
+    if len(mdd):
+        text += (
+            f" Minimum detectable difference (80 % power, two-sided {context.alpha:g}/{family} "
+            f"per test, Holm's first step): {_span(mdd)}; effects, CIs and p-values: "
+            f"tables/{metric}.csv."
+        )
+    else:
+        text += " One cell per method: training variation cannot be estimated, no * test."
+    if int(tests["paired_seeds"].max()) == 1:
+        text += (
+            " One pretraining seed: pretraining variation was not sampled, so * asks about "
+            "these pretrained encoders only."
+        )
+    return text
+
+
+def _span(values: pd.Series) -> str:
+    low, high = values.min(), values.max()
+    return f"{low:.3f}" if round(low, 3) == round(high, 3) else f"{low:.3f}–{high:.3f}"
+
+
+def largest_family(done: pd.DataFrame, reference: str | None) -> int:
+    """The most methods compared with ``reference`` at one protocol and fraction."""
+    others = done[done["method"] != reference]
+    return (
+        int(others.groupby(["protocol", "fraction"])["method"].nunique().max())
+        if len(others)
+        else 0
+    )
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -147,15 +180,16 @@ def _write_metric(
     shape = done.groupby("protocol").agg(folds=("fold", "nunique"), seeds=("seed", "nunique"))
     summary = summary.join(shape, on="protocol")
     reference = context.reference
-    tests = comparisons(results.cells, metric, reference, bootstrap)
+    tests = comparisons(results.cells, metric, reference, bootstrap, context.alpha, context.level)
     merged = summary.merge(
         tests.drop(columns="reference"), on=["protocol", "method", "fraction"], how="left"
     )
     merged["reference"] = reference or ""
     columns = [
         "method", "fraction", "mean", "std", "n", "failed", "missing", "ci_low", "ci_high",
-        "prevalence", "reference", "pairs", "difference", "p_bootstrap", "p_bootstrap_holm",
-        "p_wilcoxon", "p_wilcoxon_holm", "protocol",
+        "prevalence", "reference", "pairs", "paired_seeds", "diff", "diff_low", "diff_high", "p",
+        "p_holm", "significant", "mdd", "p_test_only", "p_test_only_holm", "se", "df", "family",
+        "protocol",
     ]  # fmt: skip
     merged = merged[columns]
     texts = {"md": [], "tex": []}
@@ -214,12 +248,15 @@ def write_report(
     metric: str = "auprc",
     reference: str | None = None,
     fraction: float | None = None,
-    replicates: int = 1000,
+    replicates: int | None = None,
     seed: int = 0,
     level: float = 0.95,
     alpha: float = 0.05,
 ) -> Report:
-    """Write every table and figure of ``out``; returns the chosen metric's summary."""
+    """Write every table and figure of ``out``; returns the chosen metric's summary.
+
+    ``replicates``: test-subject resamples; by default enough for Holm over the largest family
+    (``resamples_for_family``)."""
     out = Path(out)
     if metric not in METRICS:
         raise ReportSettingError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
@@ -239,6 +276,7 @@ def write_report(
     chosen = _chosen_fraction(results.cells, fraction)
     protocols = ordered_protocols(results.done)
     test_set = FixedTestSet.of(results.records)
+    replicates = resamples_for_family(largest_family(results.done, reference), alpha, replicates)
     bootstrap = Bootstrap.run(results, test_set, replicates, seed) if test_set else None
     if bootstrap is None:
         notes.append("the cell files hold no predictions: no confidence intervals or PR curves")
@@ -467,7 +505,7 @@ def _summary_page(
             else (lambda axis: figures.draw_note(axis, "no method was pretrained")),
         )
     )
-    reference_text = f"; † / ‡ vs {reference} (Holm p < {context.alpha:g})" if reference else ""
+    reference_text = f"; * / † vs {reference} (Holm p < {context.alpha:g})" if reference else ""
     subtitle = (
         f"{context.backbone}; profile {context.profile}; {context.test_subjects} test subjects "
         f"({context.test_volumes} volumes); bands and bars: {context.level:.0%} bootstrap CI over "

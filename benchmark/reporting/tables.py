@@ -2,9 +2,10 @@
 
 A metric table has one row per method (the reference first) and one column per label
 fraction. An entry reads ``mean ± std`` over the finished cells, significance marks against the
-reference (``†`` paired subject bootstrap, ``‡`` Wilcoxon signed-rank over fold x seed pairs,
-both Holm-adjusted over the table), the 95 % bootstrap CI in brackets, and how many cells
-failed or are missing. An entry without finished cells reads ``failed`` or ``missing``, never a
+reference (``*`` the paired test over training and test-subject variation, ``†`` the paired
+bootstrap over test subjects alone; both Holm-adjusted within the fraction's family, see
+``benchmark.reporting.summaries.paired_comparisons``), the 95 % bootstrap CI in brackets, and
+how many cells failed or are missing. An entry without finished cells reads ``failed`` or ``missing``, never a
 number. The best mean of each column is bold.
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-MARKS = {"p_bootstrap_holm": "†", "p_wilcoxon_holm": "‡"}
+MARKS = {"p_holm": "*", "p_test_only_holm": "†"}
+LATEX_MARKS = {"*": "*", "†": r"\dagger", "‡": r"\ddagger"}
 LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "×": r"$\times$"}
 
 
@@ -51,7 +53,7 @@ class Notation:
     def marks(self, marks: str) -> str:
         if not marks or not self.latex:
             return marks
-        return "$^{" + "".join(r"\dagger" if m == "†" else r"\ddagger" for m in marks) + "}$"
+        return "$^{" + "".join(LATEX_MARKS[m] for m in marks) + "}$"
 
     def small(self, text: str) -> str:
         return f"{{\\scriptsize {text}}}" if self.latex else text

@@ -128,7 +128,7 @@ def _write_scored_cell(out, method, kind, fraction, fold, seed, protocol="finetu
 @pytest.fixture(scope="module")
 def perfect_vs_random(tmp_path_factory):
     """scratch scores at random, `copy` exactly like scratch, `perfect` ranks perfectly:
-    2 fractions x 5 folds x 2 seeds, so the Wilcoxon test over 10 pairs can be significant."""
+    2 fractions x 5 folds x 2 seeds."""
     out = tmp_path_factory.mktemp("perfect-vs-random")
     for fraction, fold, seed in itertools.product([0.5, 1.0], range(5), range(2)):
         _write_scored_cell(out, "scratch", "random", fraction, fold, seed)
@@ -145,11 +145,12 @@ def test_perfect_scorer_is_significant_and_an_identical_method_is_not(perfect_vs
     )
     for fraction in (0.5, 1.0):
         perfect, copy = tests.loc[("perfect", fraction)], tests.loc[("copy", fraction)]
-        assert perfect["pairs"] == 10 and perfect["difference"] > 0.3
-        assert perfect["p_bootstrap_holm"] < 0.05 and perfect["p_wilcoxon_holm"] < 0.05
-        assert copy["difference"] == 0
-        assert copy["p_bootstrap"] == 1.0 and copy["p_wilcoxon"] == 1.0
-        assert copy["p_bootstrap_holm"] == 1.0 and copy["p_wilcoxon_holm"] == 1.0
+        assert perfect["pairs"] == 10 and perfect["paired_seeds"] == 2 and perfect["diff"] > 0.3
+        assert perfect["p_holm"] < 0.05 and perfect["p_test_only_holm"] < 0.05
+        assert perfect["significant"] and perfect["diff_low"] > 0
+        assert copy["diff"] == 0 and not copy["significant"]
+        assert copy["p"] == 1.0 and copy["p_test_only"] == 1.0
+        assert copy["p_holm"] == 1.0 and copy["p_test_only_holm"] == 1.0
 
 
 def test_report_marks_the_significant_method_and_prints_latex(perfect_vs_random, capsys):
@@ -158,13 +159,14 @@ def test_report_marks_the_significant_method_and_prints_latex(perfect_vs_random,
     assert (
         "\\begin{table}" in printed
         and "\\toprule" in printed
-        and "$^{\\dagger\\ddagger}$" in printed
+        and "$^{*\\dagger}$" in printed
     )
     markdown = (perfect_vs_random / "tables" / "auprc.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in markdown.splitlines() if "|" in line}
-    assert rows["perfect"].count("†‡") == 2 and "†" not in rows["copy"] and "‡" not in rows["copy"]
+    assert rows["perfect"].count("*†") == 2 and "†" not in rows["copy"] and "*" not in rows["copy"]
     assert markdown.index("| scratch |") < markdown.index("| copy |")  # reference first
-    assert "differs from scratch" in markdown and "over the 4 comparisons" in markdown
+    assert "differs from scratch" in markdown and "family of 2 comparison(s)" in markdown
+    assert "Minimum detectable difference" in markdown
     table = pd.read_csv(perfect_vs_random / "tables" / "auprc.csv")
     assert list(table.columns[:6]) == ["method", "fraction", "mean", "std", "n", "failed"]
     assert table.columns[-1] == "protocol"
@@ -214,9 +216,9 @@ def test_bootstrap_ci_and_paired_p_equal_a_direct_resampling_loop(tmp_path):
             expected
         )
     observed = summary.loc["simclr", "mean"] - summary.loc["scratch", "mean"]
-    assert test["difference"] == pytest.approx(observed)
+    assert test["diff"] == pytest.approx(observed)
     extreme = np.abs(replicates["simclr"] - replicates["scratch"] - observed) >= abs(observed)
-    assert test["p_bootstrap"] == pytest.approx((1 + extreme.sum()) / 41)
+    assert test["p_test_only"] == pytest.approx((1 + extreme.sum()) / 41)
 
 
 def _run_yaml(out, methods, fractions=(0.5, 1.0), folds=2, seeds=(0,)):
