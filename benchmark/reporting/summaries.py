@@ -29,7 +29,6 @@ from benchmark.reporting.statistics import (
 )
 
 METRICS = ("auprc", "auroc", "f1")
-BATCH_VALUES = 4_000_000  # resampled volume scores evaluated at once (about 32 MB each array)
 ENTRY = ["protocol", "method", "fraction"]
 
 
@@ -90,23 +89,15 @@ class FixedTestSet:
 
 
 def cell_metric(
-    metric: str,
-    scores: np.ndarray,
-    labels: np.ndarray,
-    weights: np.ndarray,
-    threshold: float | np.ndarray,
+    metric: str, scores: np.ndarray, labels: np.ndarray, weights: np.ndarray, threshold: float
 ) -> np.ndarray:
-    """A metric under each weighting: ``[..., V]`` scores, labels, weights and threshold
-    broadcast together; the result has the leading shape ``[...]`` of the broadcast."""
-    scores, labels, weights, threshold = (
-        torch.as_tensor(a) for a in (scores, labels, weights, threshold)
-    )
-    shape = torch.broadcast_shapes(scores.shape, labels.shape, weights.shape)[:-1]
+    """A cell's metric under each row of ``weights`` ``[B, V]``."""
+    scores, labels, weights = (torch.as_tensor(a) for a in (scores, labels, weights))
     if metric == "auprc":
-        return weighted_average_precision(scores, labels, weights).reshape(shape).numpy()
+        return weighted_average_precision(scores, labels, weights).numpy()
     if metric == "auroc":
-        return weighted_auroc(scores, labels, weights).reshape(shape).numpy()
-    return weighted_f1(scores, labels, threshold, weights).reshape(shape).numpy()
+        return weighted_auroc(scores, labels, weights).numpy()
+    return weighted_f1(scores, labels, threshold, weights).numpy()
 
 
 def decision_threshold(record: dict) -> float:
@@ -126,28 +117,26 @@ class Bootstrap:
 
     @classmethod
     def run(
-        cls, results: RunResults, test_set: FixedTestSet, replicates: int, seed: int
+        cls,
+        results: RunResults,
+        test_set: FixedTestSet,
+        replicates: int,
+        seed: int,
+        metrics: tuple[str, ...] = METRICS,
     ) -> Bootstrap:
-        """Every scored cell's metrics on the same ``replicates`` subject resamples, computed
-        for batches of cells at once (``[cells, B, V]``, at most ``BATCH_VALUES`` values)."""
+        """Each scored cell's ``metrics`` on the same ``replicates`` test-subject resamples."""
         draws = subject_draws(test_set.n_subjects, replicates, seed)
         weights = volume_weights(draws, test_set.subject_of_volume)
         labels = test_set.volumes["label"].to_numpy(float)
-        keys = [key for key, record in results.records.items() if record.get("predictions")]
-        per_cell = {key: {} for key in keys}
-        batch = max(1, BATCH_VALUES // max(weights.size, 1))
-        for start in range(0, len(keys), batch):
-            chosen = keys[start : start + batch]
-            aligned = [test_set.align(results.records[key]) for key in chosen]
-            scores = np.stack([scores for scores, _ in aligned])[:, None]  # [K, 1, V]
-            present = np.stack([present for _, present in aligned])[:, None]
-            thresholds = np.array([decision_threshold(results.records[k]) for k in chosen])
-            for metric in METRICS:
-                values = cell_metric(
-                    metric, scores, labels, weights * present, thresholds[:, None, None]
-                )
-                for key, row in zip(chosen, values, strict=True):
-                    per_cell[key][metric] = row
+        per_cell = {}
+        for key, record in results.records.items():
+            if not record.get("predictions"):
+                continue
+            scores, present = test_set.align(record)
+            threshold = decision_threshold(record)
+            per_cell[key] = {
+                m: cell_metric(m, scores, labels, weights * present, threshold) for m in metrics
+            }
         return cls(test_set, weights, per_cell)
 
     def entry(self, keys: list[tuple], metric: str) -> np.ndarray | None:
@@ -214,8 +203,8 @@ def default_reference(cells: pd.DataFrame, requested: str | None) -> str | None:
 
 COMPARISON_COLUMNS = [
     "protocol", "fraction", "method", "reference", "pairs", "paired_seeds", "family", "diff",
-    "diff_low", "diff_high", "se", "df", "p", "p_holm", "significant", "mdd", "p_test_only",
-    "p_test_only_holm",
+    "diff_low", "diff_high", "se", "se_training", "se_test", "df", "p", "p_holm", "significant",
+    "mdd", "p_test_only", "p_test_only_holm",
 ]  # fmt: skip
 
 
@@ -241,8 +230,8 @@ def paired_comparisons(
     The family of Holm's correction is the pairs of one protocol and fraction that have a
     paired cell; its size is ``family``. Columns (``COMPARISON_COLUMNS``): ``pairs`` (paired
     cells) and ``paired_seeds`` (their pretraining seeds); ``diff`` (mean difference, method
-    minus reference), its ``level`` CI ``diff_low, diff_high``, standard error ``se`` and
-    degrees of freedom ``df``, all from training and test-subject variation; ``p`` and
+    minus reference), its ``level`` CI ``diff_low, diff_high``, standard error ``se`` (from
+    ``se_training`` and ``se_test``, added in quadrature) and degrees of freedom ``df``; ``p`` and
     ``p_holm``; ``significant`` (``p_holm < alpha``); ``mdd``, the difference detectable with
     80 % power at ``alpha / family`` (Holm's first step); ``p_test_only`` and
     ``p_test_only_holm``, the paired bootstrap over test subjects alone (conditional on the
@@ -280,6 +269,8 @@ def paired_comparisons(
                     "diff_low": test.low,
                     "diff_high": test.high,
                     "se": test.standard_error,
+                    "se_training": np.sqrt(test.components.training),
+                    "se_test": np.sqrt(test.components.test),
                     "df": test.df,
                     "p": test.p,
                     "mdd": test.mdd,

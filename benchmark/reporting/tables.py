@@ -5,8 +5,8 @@ fraction. An entry reads ``mean ± std`` over the finished cells, significance m
 reference (``*`` the paired test over training and test-subject variation, ``†`` the paired
 bootstrap over test subjects alone; both Holm-adjusted within the fraction's family, see
 ``benchmark.reporting.summaries.paired_comparisons``), the 95 % bootstrap CI in brackets, and
-how many cells failed or are missing. An entry without finished cells reads ``failed`` or ``missing``, never a
-number. The best mean of each column is bold.
+how many cells failed or are missing. An entry without finished cells reads ``failed`` or
+``missing``, never a number. The best mean of each column is bold.
 """
 
 from __future__ import annotations

@@ -156,14 +156,11 @@ def test_perfect_scorer_is_significant_and_an_identical_method_is_not(perfect_vs
 def test_report_marks_the_significant_method_and_prints_latex(perfect_vs_random, capsys):
     main(["report", str(perfect_vs_random), "--format", "latex", "--bootstrap", "200"])
     printed = capsys.readouterr().out
-    assert (
-        "\\begin{table}" in printed
-        and "\\toprule" in printed
-        and "$^{*\\dagger}$" in printed
-    )
+    assert "\\begin{table}" in printed and "\\toprule" in printed and "$^{*\\dagger}$" in printed
     markdown = (perfect_vs_random / "tables" / "auprc.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in markdown.splitlines() if "|" in line}
-    assert rows["perfect"].count("*†") == 2 and "†" not in rows["copy"] and "*" not in rows["copy"]
+    assert rows["perfect"].count("*†") == 2
+    assert "†" not in rows["copy"] and "*" not in rows["copy"]
     assert markdown.index("| scratch |") < markdown.index("| copy |")  # reference first
     assert "differs from scratch" in markdown and "family of 2 comparison(s)" in markdown
     assert "Minimum detectable difference" in markdown
