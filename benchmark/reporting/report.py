@@ -132,8 +132,8 @@ def significance_caption(tests: pd.DataFrame, context: Context, metric: str) -> 
     if len(mdd):
         text += (
             f" Minimum detectable difference (80 % power, two-sided {context.alpha:g}/{family} "
-            f"per test, Holm's first step): {_span(mdd)}; effects, CIs and p-values: "
-            f"tables/{metric}.csv."
+            f"per test, Holm's first step): median {mdd.median():.3f} ({_span(mdd)}); effects, "
+            f"CIs and p-values: tables/{metric}.csv."
         )
     else:
         text += " One cell per method: training variation cannot be estimated, no * test."

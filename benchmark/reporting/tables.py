@@ -21,7 +21,14 @@ import pandas as pd
 
 MARKS = {"p_holm": "*", "p_test_only_holm": "†"}
 LATEX_MARKS = {"*": "*", "†": r"\dagger", "‡": r"\ddagger"}
-LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "×": r"$\times$"}
+LATEX_SYMBOLS = {
+    "±": r"$\pm$",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "×": r"$\times$",
+    "<": r"$<$",
+    "–": "--",
+}
 
 
 @dataclass
@@ -52,7 +59,7 @@ class Notation:
 
     def marks(self, marks: str) -> str:
         if not marks or not self.latex:
-            return marks
+            return marks.replace("*", "\\*")  # a literal star, not emphasis
         return "$^{" + "".join(LATEX_MARKS[m] for m in marks) + "}$"
 
     def small(self, text: str) -> str:
