@@ -134,7 +134,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--bootstrap",
         type=positive_int,
-        default=1000,
-        help="test-subject resamples for CIs and paired tests (default: 1000)",
+        help="test-subject resamples for CIs and paired tests (default: enough for Holm over "
+        "the largest family to reach alpha/20, at least 1000; docs/statistics.md)",
     )
     report.set_defaults(handler=command_report)

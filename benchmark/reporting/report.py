@@ -29,6 +29,7 @@ from benchmark.evaluation.protocols import PROTOCOLS
 from benchmark.reporting import figures, tables
 from benchmark.reporting.collect import RunResults, collect
 from benchmark.reporting.pooling import evaluation_design, pooled_auprc, pooled_predictions
+from benchmark.reporting.statistics import resamples_for_family
 from benchmark.reporting.summaries import (
     METRICS,
     ROLE_LABELS,
@@ -198,17 +199,7 @@ def metric_caption(
         )
     tested = tests[tests["pairs"] > 0]
     if context.reference and len(tested):
-        text += (
-            f" †/‡: differs from {context.reference} (paired bootstrap over test subjects / "
-            f"Wilcoxon signed-rank over fold × seed pairs), Holm-adjusted p < {context.alpha:g} "
-            f"over the {len(tested)} comparisons of this table."
-        )
-        pairs = int(tested["pairs"].max())
-        if 2.0 ** (1 - pairs) >= context.alpha:
-            text += (
-                f" With {pairs} fold × seed pair(s) the Wilcoxon test cannot reach "
-                f"p < {context.alpha:g}."
-            )
+        text += " " + significance_caption(tested, context, metric)
     return text + context.closing
 
 
@@ -226,6 +217,43 @@ def views_clause(presets: dict[str, str]) -> str:
         for preset in used
     )
     return f"; pretraining views: {' | '.join(groups)}"
+
+
+def significance_caption(tests: pd.DataFrame, context: Context, metric: str) -> str:
+    """What the marks test, the family, the resamples and the minimum detectable difference."""
+    family = int(tests["family"].max())
+    text = (
+        f"*: differs from {context.reference} by the paired t-test over training (pretraining "
+        f"seeds, cells) and test-subject variation; †: by the paired bootstrap over test "
+        f"subjects alone ({context.replicates} resamples; conditional on the trained models); "
+        f"both Holm-adjusted p < {context.alpha:g} within each fraction's family of "
+        f"{family} comparison(s) vs {context.reference}."
+    )
+    mdd = tests["mdd"].dropna()
+    if len(mdd):
+        text += (
+            f" Minimum detectable difference (80 % power, two-sided {context.alpha:g}/{family} "
+            f"per test, Holm's first step): median {mdd.median():.3f} ({_span(mdd)}); effects, "
+            f"CIs and p-values: tables/{metric}.csv."
+        )
+    else:
+        text += " One cell per method: training variation cannot be estimated, no * test."
+    return text  # a single pretraining seed: the caption's closing caveat says so
+
+
+def _span(values: pd.Series) -> str:
+    low, high = values.min(), values.max()
+    return f"{low:.3f}" if round(low, 3) == round(high, 3) else f"{low:.3f}–{high:.3f}"
+
+
+def largest_family(done: pd.DataFrame, reference: str | None) -> int:
+    """The most methods compared with ``reference`` at one protocol and fraction."""
+    others = done[done["method"] != reference]
+    return (
+        int(others.groupby(["protocol", "fraction"])["method"].nunique().max())
+        if len(others)
+        else 0
+    )
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -248,15 +276,16 @@ def _write_metric(
     shape = done.groupby("protocol").agg(folds=("fold", "nunique"), seeds=("seed", "nunique"))
     summary = summary.join(shape, on="protocol")
     reference = context.reference
-    tests = comparisons(results.cells, metric, reference, bootstrap)
+    tests = comparisons(results.cells, metric, reference, bootstrap, context.alpha, context.level)
     merged = summary.merge(
         tests.drop(columns="reference"), on=["protocol", "method", "fraction"], how="left"
     )
     merged["reference"] = reference or ""
     columns = [
         "method", "fraction", "mean", "std", "n", "failed", "missing", "ci_low", "ci_high",
-        "prevalence", "reference", "pairs", "difference", "p_bootstrap", "p_bootstrap_holm",
-        "p_wilcoxon", "p_wilcoxon_holm", "role", "protocol",
+        "prevalence", "reference", "pairs", "paired_seeds", "diff", "diff_low", "diff_high", "p",
+        "p_holm", "significant", "mdd", "p_test_only", "p_test_only_holm", "se", "df", "family",
+        "role", "protocol",
     ]  # fmt: skip
     merged = merged[columns]
     texts = {"md": [], "tex": []}
@@ -318,12 +347,15 @@ def write_report(
     metric: str = "auprc",
     reference: str | None = None,
     fraction: float | None = None,
-    replicates: int = 1000,
+    replicates: int | None = None,
     seed: int = 0,
     level: float = 0.95,
     alpha: float = 0.05,
 ) -> Report:
-    """Write every table and figure of ``out``; returns the chosen metric's summary."""
+    """Write every table and figure of ``out``; returns the chosen metric's summary.
+
+    ``replicates``: test-subject resamples; by default enough for Holm over the largest family
+    (``resamples_for_family``)."""
     out = Path(out)
     if metric not in METRICS:
         raise ReportSettingError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
@@ -345,6 +377,7 @@ def write_report(
     protocols = ordered_protocols(results.done)
     test_set = FixedTestSet.of(results.records)
     predictions = pooled_predictions(results.records.values())
+    replicates = resamples_for_family(largest_family(results.done, reference), alpha, replicates)
     bootstrap = Bootstrap.run(results, test_set, replicates, seed) if test_set else None
     if bootstrap is None:
         notes.append("the cell files hold no predictions: no confidence intervals or PR curves")
@@ -646,7 +679,7 @@ def _summary_page(
             else (lambda axis: figures.draw_note(axis, "no method was pretrained")),
         )
     )
-    reference_text = f"; † / ‡ vs {reference} (Holm p < {context.alpha:g})" if reference else ""
+    reference_text = f"; * / † vs {reference} (Holm p < {context.alpha:g})" if reference else ""
     subtitle = (
         f"{context.backbone}; profile {context.profile}; {test_size(context)}; bands and bars: {context.level:.0%} bootstrap CI over "
         f"test subjects{reference_text}"

@@ -19,17 +19,19 @@ seeds). Test-set uncertainty is measured by resampling test *subjects*:
   fold x seed pairs both finished) on the same replicates; two-sided p-value of "no difference"
   from the bootstrap distribution shifted to zero (Efron & Tibshirani, An Introduction to the
   Bootstrap, 1993, ch. 16): ``(1 + #{|d_b - d| >= |d|}) / (B + 1)``.
-- ``wilcoxon_p``: the Wilcoxon signed-rank test over the fold x seed pairs' differences (scipy;
-  exact for small samples). It tests the training variation, not the test set: with 2 pairs
-  it can never reach p < 0.05 (its smallest p-value is 0.5), which the report says.
-- ``holm``: Holm's step-down adjustment over the comparisons of one table (Holm, Scand J Stat
+  This p-value is conditional on the trained models (test-set noise only); the report's main
+  test adds the training variation (``benchmark.reporting.comparison``).
+- ``holm``: Holm's step-down adjustment over one family of comparisons (Holm, Scand J Stat
   1979), controlling the family-wise error rate.
+- ``resamples_for_family``: a bootstrap p-value is at least ``1 / (B + 1)``, so after Holm over
+  ``m`` tests at least ``m / (B + 1)``; ``B >= 20 m / alpha`` keeps that 20 times below alpha.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy.stats import wilcoxon
 
 
 def subject_draws(n_subjects: int, replicates: int, seed: int) -> np.ndarray:
@@ -66,17 +68,6 @@ def paired_bootstrap_p(difference: float, replicate_differences: np.ndarray) -> 
     return float((1 + extreme.sum()) / (len(replicates) + 1))
 
 
-def wilcoxon_p(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of paired differences; 1 when all are zero."""
-    differences = np.asarray(differences, dtype=float)
-    differences = differences[np.isfinite(differences)]
-    if not len(differences):
-        return float("nan")
-    if np.all(differences == 0):
-        return 1.0
-    return float(wilcoxon(differences, zero_method="wilcox", alternative="two-sided").pvalue)
-
-
 def holm(p_values: np.ndarray) -> np.ndarray:
     """Holm-adjusted p-values (NaNs stay NaN and do not count as comparisons)."""
     p_values = np.asarray(p_values, dtype=float)
@@ -89,3 +80,11 @@ def holm(p_values: np.ndarray) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p_values[index]))
         adjusted[index] = running
     return adjusted
+
+
+def resamples_for_family(family_size: int, alpha: float, requested: int | None = None) -> int:
+    """``requested`` when given, else the fewest resamples (at least 1,000) for which the
+    smallest Holm-adjusted bootstrap p-value of ``family_size`` tests is ``alpha / 20``."""
+    if requested is not None:
+        return int(requested)
+    return max(1000, math.ceil(20 * max(family_size, 1) / alpha))

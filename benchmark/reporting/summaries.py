@@ -4,12 +4,14 @@ per-finding results and localisation (``benchmark.reporting.statistics`` defines
 An *entry* is one method x protocol x label fraction: the mean and std of its finished cells'
 stored metrics, ``n`` finished, ``failed`` and ``missing`` cells, and the 95 % CI of the mean
 by bootstrap over test subjects. A *comparison* pairs an entry with the reference method's
-entry of the same protocol and fraction over the fold x seed pairs both finished.
+entry of the same protocol and fraction over the fold x seed cells both finished, and tests the
+difference against training and test-subject variation (``benchmark.reporting.comparison``).
 """
 
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +20,13 @@ import torch
 
 from benchmark.evaluation.metrics import weighted_auroc, weighted_average_precision, weighted_f1
 from benchmark.reporting.collect import KEY, RunResults
+from benchmark.reporting.comparison import PairedTest, mean_difference, paired_test
 from benchmark.reporting.statistics import (
     holm,
     paired_bootstrap_p,
     percentile_interval,
     subject_draws,
     volume_weights,
-    wilcoxon_p,
 )
 
 METRICS = ("auprc", "auroc", "f1")
@@ -125,6 +127,19 @@ def decision_threshold(record: dict) -> float:
     return 0.5 if threshold is None else float(threshold)
 
 
+@contextmanager
+def one_thread():
+    """Torch on one thread inside: a cell's ``[B, V]`` arrays are too small for intra-op
+    threads to pay off (on a busy 2-core machine one AUPRC call of 4,800 x 36 took 17 ms on one
+    thread and 275 ms on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class Bootstrap:
     """Test-subject resampling shared by every cell of a report, and each cell's replicates."""
@@ -135,20 +150,27 @@ class Bootstrap:
 
     @classmethod
     def run(
-        cls, results: RunResults, test_set: FixedTestSet, replicates: int, seed: int
+        cls,
+        results: RunResults,
+        test_set: FixedTestSet,
+        replicates: int,
+        seed: int,
+        metrics: tuple[str, ...] = METRICS,
     ) -> Bootstrap:
+        """Each scored cell's ``metrics`` on the same ``replicates`` test-subject resamples."""
         draws = subject_draws(test_set.n_subjects, replicates, seed)
         weights = volume_weights(draws, test_set.subject_of_volume)
         labels = test_set.volumes["label"].to_numpy(float)
         per_cell = {}
-        for key, record in results.records.items():
-            if not record.get("predictions"):
-                continue
-            scores, present = test_set.align(record)
-            threshold = decision_threshold(record)
-            per_cell[key] = {
-                m: cell_metric(m, scores, labels, weights * present, threshold) for m in METRICS
-            }
+        with one_thread():
+            for key, record in results.records.items():
+                if not record.get("predictions"):
+                    continue
+                scores, present = test_set.align(record)
+                threshold = decision_threshold(record)
+                per_cell[key] = {
+                    m: cell_metric(m, scores, labels, weights * present, threshold) for m in metrics
+                }
         return cls(test_set, weights, per_cell)
 
     def entry(self, keys: list[tuple], metric: str) -> np.ndarray | None:
@@ -215,70 +237,133 @@ def default_reference(cells: pd.DataFrame, requested: str | None) -> str | None:
     return next((m for m in ("residual", "scratch") if m in finished), None)
 
 
-def comparisons(
-    cells: pd.DataFrame, metric: str, reference: str | None, bootstrap: Bootstrap | None
-) -> pd.DataFrame:
-    """Each method against ``reference`` per protocol and fraction, Holm-adjusted per protocol
-    (no rows without a reference).
+COMPARISON_COLUMNS = [
+    "protocol", "fraction", "method", "reference", "pairs", "paired_seeds", "family", "diff",
+    "diff_low", "diff_high", "se", "se_training", "se_test", "df", "p", "p_holm", "significant",
+    "mdd", "p_test_only", "p_test_only_holm",
+]  # fmt: skip
 
-    Columns: ``protocol, fraction, method, reference, pairs, difference`` (mean over the fold x
-    seed pairs both finished), ``p_bootstrap, p_wilcoxon`` and their ``_holm`` adjustments.
+
+def pretraining_seeds(cells: pd.DataFrame) -> pd.Series:
+    """The pretraining seed of each cell: ``pretraining_seed`` where cells record it, else
+    ``seed`` (every method pretrains once per seed of ``splits.seeds``)."""
+    if "pretraining_seed" in cells:
+        return cells["pretraining_seed"].fillna(cells["seed"])
+    return cells["seed"]
+
+
+def paired_comparisons(
+    cells: pd.DataFrame,
+    metric: str,
+    pairs: list[tuple[str, str]],
+    bootstrap: Bootstrap | None,
+    alpha: float = 0.05,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Each ``(method, reference)`` pair per protocol and label fraction, over the fold x seed
+    cells both finished (``benchmark.reporting.comparison``).
+
+    The family of Holm's correction is the pairs of one protocol and fraction that have a
+    paired cell; its size is ``family``. Columns (``COMPARISON_COLUMNS``): ``pairs`` (paired
+    cells) and ``paired_seeds`` (their pretraining seeds); ``diff`` (mean difference, method
+    minus reference), its ``level`` CI ``diff_low, diff_high``, standard error ``se`` (from
+    ``se_training`` and ``se_test``, added in quadrature) and degrees of freedom ``df``; ``p`` and
+    ``p_holm``; ``significant`` (``p_holm < alpha``); ``mdd``, the difference detectable with
+    80 % power at ``alpha / family`` (Holm's first step); ``p_test_only`` and
+    ``p_test_only_holm``, the paired bootstrap over test subjects alone (conditional on the
+    trained models).
     """
-    done = cells[(cells["status"] == "done") & (reference is not None)].copy()
-    done[metric] = pd.to_numeric(done[metric], errors="coerce")
+    done = cells[cells["status"] == "done"].assign(
+        value=lambda frame: pd.to_numeric(frame[metric], errors="coerce"),
+        pretraining=pretraining_seeds,
+    )
     rows = []
     for (protocol, fraction), group in done.groupby(["protocol", "fraction"], sort=True):
-        base = group[group["method"] == reference].set_index(["fold", "seed"])
-        for method, own in group[group["method"] != reference].groupby("method", sort=True):
-            own = own.set_index(["fold", "seed"])
-            pairs = sorted(set(base.index) & set(own.index))
-            differences = np.array(
-                [own.loc[p, metric] - base.loc[p, metric] for p in pairs], dtype=float
+        by_method = {m: own.set_index(["fold", "seed"]) for m, own in group.groupby("method")}
+        family = []
+        for method, reference in pairs:
+            if method in by_method and reference in by_method:
+                own, base = by_method[method], by_method[reference]
+                index = sorted(set(own.index) & set(base.index))
+                if index:
+                    family.append((method, reference, own.loc[index], base.loc[index]))
+        for method, reference, own, base in family:
+            keys = [(m, protocol, fraction) for m in (method, reference)]
+            test, p_test_only = _paired_test(
+                metric, keys, own, base, bootstrap, alpha / len(family), level
             )
-            difference = (
-                float(np.nanmean(differences)) if np.isfinite(differences).any() else np.nan
-            )
-            p_bootstrap = np.nan
-            if pairs and bootstrap is not None:
-                own_keys = [(method, protocol, fraction, *p) for p in pairs]
-                base_keys = [(reference, protocol, fraction, *p) for p in pairs]
-                own_replicates = bootstrap.entry(own_keys, metric)
-                base_replicates = bootstrap.entry(base_keys, metric)
-                if own_replicates is not None and base_replicates is not None:
-                    observed = float(
-                        np.nanmean(own.loc[pairs, metric]) - np.nanmean(base.loc[pairs, metric])
-                    )
-                    p_bootstrap = paired_bootstrap_p(observed, own_replicates - base_replicates)
             rows.append(
                 {
                     "protocol": protocol,
                     "fraction": fraction,
                     "method": method,
                     "reference": reference,
-                    "pairs": len(pairs),
-                    "difference": difference,
-                    "p_bootstrap": p_bootstrap,
-                    "p_wilcoxon": wilcoxon_p(differences) if pairs else np.nan,
+                    "pairs": test.components.cells,
+                    "paired_seeds": test.components.seeds,
+                    "family": len(family),
+                    "diff": test.difference,
+                    "diff_low": test.low,
+                    "diff_high": test.high,
+                    "se": test.standard_error,
+                    "se_training": np.sqrt(test.components.training),
+                    "se_test": np.sqrt(test.components.test),
+                    "df": test.df,
+                    "p": test.p,
+                    "mdd": test.mdd,
+                    "p_test_only": p_test_only,
                 }
             )
-    table = pd.DataFrame(
-        rows,
-        columns=[
-            "protocol",
-            "fraction",
-            "method",
-            "reference",
-            "pairs",
-            "difference",
-            "p_bootstrap",
-            "p_wilcoxon",
-        ],
-    )
-    for column in ("p_bootstrap", "p_wilcoxon"):
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    for column in ("p", "p_test_only"):
         table[f"{column}_holm"] = np.nan
-        for _, group in table.groupby("protocol"):
-            table.loc[group.index, f"{column}_holm"] = holm(group[column].to_numpy())
+        for _, group in table.groupby(["protocol", "fraction"]):
+            table.loc[group.index, f"{column}_holm"] = holm(group[column].to_numpy(float))
+    table["significant"] = table["p_holm"] < alpha
     return table
+
+
+def _paired_test(
+    metric: str,
+    entries: list[tuple],
+    own: pd.DataFrame,
+    base: pd.DataFrame,
+    bootstrap: Bootstrap | None,
+    alpha: float,
+    level: float,
+) -> tuple[PairedTest, float]:
+    """One pair's test (training and test subjects) and its test-subject-only bootstrap p;
+    ``entries``: the (method, protocol, fraction) of ``own`` and of ``base``."""
+    differences = own["value"].to_numpy(float) - base["value"].to_numpy(float)
+    seeds = own["pretraining"].to_numpy()
+    keys = [[(*entry, *cell) for cell in own.index] for entry in entries]
+    replicates, p_test_only = np.full(0, np.nan), np.nan
+    if bootstrap is not None and all(k in bootstrap.replicates for k in keys[0] + keys[1]):
+        cell_differences = np.stack(
+            [
+                bootstrap.replicates[k][metric] - bootstrap.replicates[b][metric]
+                for k, b in zip(*keys, strict=True)
+            ]
+        )
+        replicates = mean_difference(cell_differences, seeds)
+        p_test_only = paired_bootstrap_p(mean_difference(differences, seeds), replicates)
+    subjects = bootstrap.test_set.n_subjects if bootstrap is not None else 0
+    test = paired_test(differences, seeds, replicates, subjects, alpha, level)
+    return test, p_test_only
+
+
+def comparisons(
+    cells: pd.DataFrame,
+    metric: str,
+    reference: str | None,
+    bootstrap: Bootstrap | None,
+    alpha: float = 0.05,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Every other finished method against ``reference`` (``paired_comparisons``; the family
+    of a protocol and fraction is the methods vs the reference). No rows without a reference."""
+    methods = sorted(set(cells.loc[cells["status"] == "done", "method"]) - {reference})
+    pairs = [(method, reference) for method in methods] if reference is not None else []
+    return paired_comparisons(cells, metric, pairs, bootstrap, alpha, level)
 
 
 def pathology_results(

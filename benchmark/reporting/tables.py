@@ -2,11 +2,12 @@
 
 A metric table has one row per method (the reference first) and one column per label
 fraction. An entry reads ``mean ± std`` over the finished cells, significance marks against the
-reference (``†`` paired subject bootstrap, ``‡`` Wilcoxon signed-rank over fold x seed pairs,
-both Holm-adjusted over the table), the 95 % bootstrap CI in brackets, and how many cells
-failed or are missing. An entry without finished cells reads ``failed`` or ``missing``, never a
-number. The best mean of each column is bold. A positive control and a baseline
-(``SSLMethod.role``) follow the methods, their names say what they are
+reference (``*`` the paired test over training and test-subject variation, ``†`` the paired
+bootstrap over test subjects alone; both Holm-adjusted within the fraction's family, see
+``benchmark.reporting.summaries.paired_comparisons``), the 95 % bootstrap CI in brackets, and
+how many cells failed or are missing. An entry without finished cells reads ``failed`` or
+``missing``, never a number. The best mean of each column is bold. A positive control and a
+baseline (``SSLMethod.role``) follow the methods, their names say what they are
 (``summaries.ROLE_LABELS``), and they are never bold.
 """
 
@@ -22,8 +23,16 @@ import pandas as pd
 
 from benchmark.reporting.summaries import role_suffix
 
-MARKS = {"p_bootstrap_holm": "†", "p_wilcoxon_holm": "‡"}
-LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "×": r"$\times$"}
+MARKS = {"p_holm": "*", "p_test_only_holm": "†"}
+LATEX_MARKS = {"*": "*", "†": r"\dagger", "‡": r"\ddagger"}
+LATEX_SYMBOLS = {
+    "±": r"$\pm$",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "×": r"$\times$",
+    "<": r"$<$",
+    "–": "--",
+}
 
 
 @dataclass
@@ -58,8 +67,8 @@ class Notation:
 
     def marks(self, marks: str) -> str:
         if not marks or not self.latex:
-            return marks
-        return "$^{" + "".join(r"\dagger" if m == "†" else r"\ddagger" for m in marks) + "}$"
+            return marks.replace("*", "\\*")  # a literal star, not emphasis
+        return "$^{" + "".join(LATEX_MARKS[m] for m in marks) + "}$"
 
     def small(self, text: str) -> str:
         return f"{{\\scriptsize {text}}}" if self.latex else text
