@@ -324,7 +324,7 @@ def make_trainer(
         max_epochs=max_epochs,
         max_steps=max_steps,
         callbacks=callbacks,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         default_root_dir=checkpoint_dir,
         logger=False,
         enable_progress_bar=show_progress(runtime),
