@@ -200,8 +200,8 @@ def upsampled_notes(cohort: Cohort) -> list[str]:
     if not small:
         return []
     return [
-        f"{len(small)} volume(s) smaller than the {crop}-voxel crop on some axis are upsampled to "
-        f"{size}^3: {_first(small)}"
+        f"{len(small)} volume(s) are smaller than the {crop}-voxel crop on some axis and are "
+        f"resized to {size}^3 from those fewer voxels (upsampled): {_first(small)}"
     ]
 
 

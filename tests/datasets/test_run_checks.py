@@ -121,11 +121,15 @@ def test_check_and_run_refuse_the_same_hostile_cohorts(
     ("change", "settings", "note"),
     [
         (lambda rows, root: rows, [], None),
-        (tiny_volume, ["data.allow_small_volumes=true"], "1 volume(s) smaller than the 9-voxel"),
+        (
+            tiny_volume,
+            ["data.allow_small_volumes=true"],
+            "1 volume(s) are smaller than the 9-voxel crop",
+        ),
         (
             lambda rows, root: tiny_volume(rows, root, side=3),
             [],
-            "upsampled to 8^3: line 34 (3x3x3)",
+            "(upsampled): line 34 (3x3x3)",
         ),
         (normal_row_with_mask, ["data.on_bad_rows=exclude"], "excluded: "),
     ],
