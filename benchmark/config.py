@@ -234,6 +234,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.crop": (_whole(1), "a whole number of voxels >= 1"),
     "data.clip_percentiles": (_ordered_percentiles, "two percentiles 0-100, low before high"),
     "data.on_bad_rows": _one_of("error", "exclude"),
+    "data.allow_small_volumes": _one_of(True, False),
     "data.workers": (lambda v: v is None or _whole(1)(v), "null (all cores) or >= 1"),
     "phantom.labelled": (_whole(4), "a whole number of subjects >= 4"),
     "phantom.unlabelled": (_whole(0), "a whole number of subjects >= 0"),

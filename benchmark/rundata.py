@@ -21,9 +21,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from benchmark.datasets.cohort import Cohort, load_cohort
-from benchmark.datasets.manifest import LABEL_WORDS, SIDE_WORDS, read_manifest
+from benchmark.datasets.cohort import Cohort
+from benchmark.datasets.manifest import LABEL_WORDS, SIDE_WORDS
 from benchmark.datasets.phantom import generate_phantom
+from benchmark.datasets.run_checks import DataCheck, check_run_data
 from benchmark.datasets.splits import (
     check_pretraining_pool,
     make_splits,
@@ -267,18 +268,36 @@ class PendingData:
 
 
 def stage_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> PendingData:
-    """Load (or generate) the cohort, make or read the splits, and fingerprint both; nothing
-    under ``out`` is changed for good until ``commit``."""
+    """Load (or generate) the cohort, make or read the splits, check both as ``ssl3d data
+    check`` does (refusing on any problem) and fingerprint them; nothing under ``out`` is changed
+    for good until ``commit``."""
     manifest = Path(cfg.data.manifest) if cfg.data.manifest else phantom_manifest(cfg, out, log)
-    cohort = load_cohort(
-        read_manifest(manifest, on_bad_rows=cfg.data.on_bad_rows),
+    check = check_data(cfg, manifest)
+    for note in check.notes:
+        log(note)
+    check.refuse()
+    cohort, splits = check.cohort, check.splits
+    log(f"cohort {manifest}: {len(cohort)} volumes of {cfg.data.size}^3")
+    return PendingData(RunData(manifest, cohort, splits, cohort_fingerprint(cohort)), out)
+
+
+def check_data(cfg: DictConfig, manifest: Path, cache_dir: str | Path | None = None) -> DataCheck:
+    """Every check of the run's data (``datasets/run_checks.py``) with the settings of ``cfg``;
+    ``cache_dir`` replaces ``data.cache_dir``. ``ssl3d run`` and ``ssl3d data check`` both call
+    this, so they refuse the same cohorts."""
+    return check_run_data(
+        manifest,
         preprocessing(cfg),
-        cache_dir=cfg.data.cache_dir,
+        lambda cohort: run_splits(cfg, cohort),
+        on_bad_rows=cfg.data.on_bad_rows,
+        allow_small_volumes=bool(cfg.data.allow_small_volumes),
+        cache_dir=cache_dir or cfg.data.cache_dir,
         workers=cfg.data.workers,
     )
-    log(f"cohort {manifest}: {len(cohort)} volumes of {cfg.data.size}^3")
-    for problem in cohort.excluded:
-        log(f"excluded: {problem}")
+
+
+def run_splits(cfg: DictConfig, cohort: Cohort) -> pd.DataFrame:
+    """The split table of ``cohort``: read from ``data.splits``, else made from ``splits``."""
     if cfg.data.splits:
         splits = read_splits(cfg.data.splits)
         _check_split_subjects(splits, cohort, Path(cfg.data.splits))
@@ -294,7 +313,7 @@ def stage_data(cfg: DictConfig, out: Path, log: Callable[[str], None]) -> Pendin
             test_subjects=test_set_size(cfg),
             test_mode=str(cfg.splits.test_mode),
         )
-    return PendingData(RunData(manifest, cohort, splits, cohort_fingerprint(cohort)), out)
+    return splits
 
 
 def test_set_size(cfg: DictConfig) -> int | None:

@@ -1,8 +1,10 @@
-"""`ssl3d data check`: validate a manifest and every file it lists, and summarise the cohort.
+"""`ssl3d data check`: the report of the run's own data checks, and a summary of the cohort.
 
-The check goes through the real loading path (`read_manifest` with bad rows excluded, then
-`load_cohort`), so it finds exactly what a benchmark run would trip over, and reports every
-problem instead of stopping at the first. As a side effect the cohort cache is warm afterwards.
+The checks are `run_checks.check_run_data`, the function `ssl3d run` calls before it starts,
+with the profile's preprocessing and split settings (`benchmark.rundata.check_data` supplies
+them), so the check passes exactly the cohorts a run accepts. Every problem is reported, not
+only the first; what a run would only log (excluded rows under `data.on_bad_rows=exclude`,
+upsampled volumes) is listed as a note.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
-import pandas as pd
 
-from .cohort import Cohort, load_cohort
-from .manifest import CENTROID_COLUMNS, Manifest, ManifestError, Problem, read_manifest
-from .volumes import Preprocessing
+from .cohort import Cohort
+from .manifest import CENTROID_COLUMNS, ManifestError
+from .run_checks import DataCheck
 
 
 @dataclass
@@ -31,53 +32,24 @@ class CheckReport:
         return not self.problems
 
 
-def check_manifest(
-    path: str | Path,
-    preprocessing: Preprocessing | None = None,
-    cache_dir: str | Path | None = None,
-    workers: int | None = None,
-) -> CheckReport:
-    """Check the manifest at `path` and all its files; summarise what loads.
-
-    `preprocessing` (default: the paper's, docs/protocol.md) decides the crop that must fit inside
-    each volume; `cache_dir` and `workers` are passed to `load_cohort`. Besides the problems
-    of `read_manifest` and `load_volume`, a mask that disagrees with its label (a normal sinus
-    whose mask marks voxels, an anomalous one whose mask marks none) is a problem too.
-    """
-    preprocessing = preprocessing or Preprocessing()
-    try:
-        manifest = read_manifest(path, on_bad_rows="exclude")
-    except ManifestError as error:
-        problems = [str(problem) for problem in error.problems]
-        return CheckReport(_with_problems(f"Manifest {path} cannot be read.", problems), problems)
-    cohort = load_cohort(manifest, preprocessing, cache_dir=cache_dir, workers=workers)
-    problems = [
-        str(problem) for problem in cohort.excluded + _mask_label_conflicts(cohort, manifest)
-    ]
-    text = _with_problems(_summary(manifest, cohort, preprocessing), problems)
-    return CheckReport(text, problems)
+def report_check(check: DataCheck) -> CheckReport:
+    """The summary of a checked cohort, its notes and every problem that refuses a run."""
+    problems = check.problems
+    text = _summary(check.manifest, check.cohort, check.splits)
+    if check.notes:
+        text += "\nNotes:\n" + "\n".join(f"- {note}" for note in check.notes)
+    return CheckReport(_with_problems(text, problems), problems)
 
 
-def _mask_label_conflicts(cohort: Cohort, manifest: Manifest) -> list[Problem]:
-    if cohort.masks is None:
-        return []
-    marked = cohort.masks.flatten(1).sum(1).tolist()
-    problems = []
-    for row, label, mask, voxels in zip(
-        cohort.table["row"], cohort.table["label"], cohort.table["mask"], marked
-    ):
-        if not mask or pd.isna(label) or bool(voxels) == (label == 1):
-            continue
-        if label == 0:
-            message = f"label 0 (normal) but its mask marks {voxels} voxels of the sample"
-        else:
-            message = "label 1 (anomalous) but its mask marks no voxel of the sample"
-        problems.append(Problem(manifest.path, row, "mask", message, "Check the label and mask."))
-    return problems
+def report_unreadable(path: str | Path, error: ManifestError) -> CheckReport:
+    """The report of a manifest that cannot be read at all (`read_manifest` raised)."""
+    problems = [str(problem) for problem in error.problems]
+    return CheckReport(_with_problems(f"Manifest {path} cannot be read.", problems), problems)
 
 
-def _summary(manifest: Manifest, cohort: Cohort, preprocessing: Preprocessing) -> str:
+def _summary(manifest: Path, cohort: Cohort, splits) -> str:
     table = cohort.table
+    preprocessing = cohort.preprocessing
     labels = table["label"]
     label_counts = {"normal": (labels == 0).sum(), "anomalous": (labels == 1).sum()}
     label_counts["unlabelled"] = labels.isna().sum()
@@ -97,10 +69,18 @@ def _summary(manifest: Manifest, cohort: Cohort, preprocessing: Preprocessing) -
         f"crop {preprocessing.crop}, size {preprocessing.size}, clip percentiles "
         f"{preprocessing.clip_percentiles}, mirror right sides: {preprocessing.mirror_right}"
     )
+    split_line = "cannot be made (see the problems)"
+    if splits is not None:
+        test = splits.loc[splits["partition"] == "test", "subject_id"].nunique()
+        split_line = (
+            f"{test} test subjects, {splits['fold'].nunique()} fold(s) x "
+            f"{splits['seed'].nunique()} seed(s), label fractions "
+            + ", ".join(f"{f:g}" for f in sorted(splits["fraction"].dropna().unique()))
+        )
     lines = [
-        f"Manifest: {manifest.path}",
+        f"Manifest: {manifest}",
         f"Subjects: {subjects}",
-        f"Volumes: {len(table)} loaded, {len({p.row for p in cohort.excluded})} rows excluded",
+        f"Volumes: {len(table)} usable, {len({p.row for p in cohort.excluded})} bad rows",
         "Labels: " + ", ".join(f"{count} {name}" for name, count in label_counts.items()),
         f"Pathologies: {_counts(findings)}",
         f"Sides: {_counts(Counter(side or 'none' for side in table['side']))}",
@@ -109,6 +89,7 @@ def _summary(manifest: Manifest, cohort: Cohort, preprocessing: Preprocessing) -
         f"Centroids: {len(with_centroid)} rows{_ranges(with_centroid)}",
         f"Masks: {masks}",
         f"Preprocessing: {settings}",
+        f"Splits: {split_line}",
     ]
     return "\n".join(lines)
 

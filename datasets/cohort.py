@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from .volumes import Preprocessing, VolumeError
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever a code change alters what a cached tensor holds.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # The manifest columns that decide what the tensors hold (labels do not: relabelling a cohort
 # keeps its cache).
 TENSOR_COLUMNS = ["row", "image", "mask", *CENTROID_COLUMNS, "side"]
@@ -43,18 +43,35 @@ class Cohort:
     `table` holds the manifest rows (positional index 0..N-1, the manifest's columns),
     `images` is `torch.float32 [N, 1, S, S, S]` in [0, 1], `masks` is `torch.bool` of the same
     shape (all-false for rows without a mask) or `None` when the manifest has no masks.
-    `excluded` lists the problems of every row left out, from the manifest or from loading.
+    `sources` (aligned with `table`) says where each sample came from: `extent` (its voxels per
+    axis before resizing) and the `image_sha256`/`sample_sha256` content digests of
+    `volumes.Sample`. `excluded` lists the problems of every row left out, from the manifest,
+    from loading or from the run's checks (`without_rows`).
     """
 
     table: pd.DataFrame
     images: torch.Tensor
     masks: torch.Tensor | None
     preprocessing: Preprocessing
+    sources: pd.DataFrame
     excluded: list[Problem] = field(default_factory=list)
     cache_path: Path | None = None
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def without_rows(self, problems: list[Problem]) -> Cohort:
+        """This cohort less the manifest rows (CSV lines) of `problems`, which join `excluded`."""
+        keep = ~self.table["row"].isin({problem.row for problem in problems}).to_numpy()
+        kept = torch.from_numpy(keep)
+        return replace(
+            self,
+            table=self.table[keep].reset_index(drop=True),
+            images=self.images[kept],
+            masks=self.masks[kept] if self.masks is not None else None,
+            sources=self.sources[keep].reset_index(drop=True),
+            excluded=sorted(self.excluded + problems, key=lambda problem: problem.row or 0),
+        )
 
 
 def load_cohort(
@@ -88,11 +105,19 @@ def load_cohort(
     if failures and manifest.on_bad_rows == "error":
         raise ManifestError(failures)
     table = manifest.table[manifest.table["row"].isin(cached["rows"])].reset_index(drop=True)
+    sources = pd.DataFrame(
+        {
+            "extent": [tuple(extent) for extent in cached["extents"].tolist()],
+            "image_sha256": cached["image_sha256"],
+            "sample_sha256": cached["sample_sha256"],
+        }
+    )
     return Cohort(
         table=table,
         images=cached["images"],
         masks=cached["masks"],
         preprocessing=preprocessing,
+        sources=sources,
         excluded=sorted(manifest.excluded + failures, key=lambda problem: problem.row or 0),
         cache_path=cache_path,
     )
@@ -124,22 +149,36 @@ def _preprocess(manifest: Manifest, preprocessing: Preprocessing, workers: int) 
     images = torch.empty((len(jobs), 1, size, size, size), dtype=torch.float32)
     masks = torch.zeros(images.shape, dtype=torch.bool) if manifest.has_masks else None
     loaded = torch.zeros(len(jobs), dtype=torch.bool)
+    extents = torch.zeros((len(jobs), 3), dtype=torch.long)
+    digests: list[tuple[str, str]] = [("", "")] * len(jobs)
     failures = []
     workers = max(1, min(workers, len(jobs)))
     log.info("Preprocessing %d volumes with %d worker(s)", len(jobs), workers)
-    for position, image, mask, failure in _run(jobs, workers):
+    for position, sample, mask, failure in _run(jobs, workers):
         if failure is not None:
             failures.append(failure)
             continue
         loaded[position] = True
-        images[position, 0] = torch.from_numpy(image)
+        images[position, 0] = torch.from_numpy(sample.voxels)
+        extents[position] = torch.tensor(sample.extent)
+        digests[position] = (sample.image_sha256, sample.sample_sha256)
         if mask is not None:
             masks[position, 0] = torch.from_numpy(mask)
     if not loaded.all():
         images = images[loaded]
         masks = masks[loaded] if masks is not None else None
-    rows = manifest.table["row"][loaded.numpy()].tolist()
-    return {"rows": rows, "images": images, "masks": masks, "failures": failures}
+    kept = loaded.numpy()
+    rows = manifest.table["row"][kept].tolist()
+    digests = [pair for pair, keep in zip(digests, kept) if keep]
+    return {
+        "rows": rows,
+        "images": images,
+        "masks": masks,
+        "extents": extents[loaded],
+        "image_sha256": [image for image, _ in digests],
+        "sample_sha256": [sample for _, sample in digests],
+        "failures": failures,
+    }
 
 
 def _run(jobs: list, workers: int):
@@ -158,13 +197,13 @@ def _one_thread() -> None:
 
 
 def _preprocess_row(job: tuple[int, dict, Preprocessing]):
-    """Load one row's image (and mask): (position, image, mask, None) or a failure."""
+    """Load one row's image (and mask): (position, `volumes.Sample`, mask, None) or a failure."""
     position, record, preprocessing = job
     centroid = tuple(record[name] for name in CENTROID_COLUMNS)
     centroid = None if np.isnan(centroid[0]) else centroid
     geometry = {"preprocessing": preprocessing, "centroid": centroid, "side": record["side"]}
     try:
-        image = volumes.load_volume(record["image"], **geometry, row=record["row"])
+        sample = volumes.load_sample(record["image"], **geometry, row=record["row"])
         mask = None
         if record["mask"]:
             mask = volumes.load_mask(
@@ -173,7 +212,7 @@ def _preprocess_row(job: tuple[int, dict, Preprocessing]):
     except VolumeError as error:
         failure = [error.row, error.column, f"file {str(error.path)!r}: {error.message}", error.fix]
         return position, None, None, failure
-    return position, image, mask, None
+    return position, sample, mask, None
 
 
 def _read_cache(path: Path, key: str) -> dict | None:

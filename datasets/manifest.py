@@ -4,7 +4,7 @@ The manifest is the one place where a user describes their cohort (docs/design.m
 `read_manifest` performs every check that needs only the CSV and the file system (columns,
 values, duplicates, conflicting labels, files that do not exist); checks that need a volume's
 content (dimensions, finiteness, crop inside the volume) happen when the volume is loaded
-(`volumes.load_volume`, `cohort.load_cohort`, `check.check_manifest`). Every problem is a
+(`volumes.load_volume`, `cohort.load_cohort`, `run_checks.check_run_data`). Every problem is a
 `Problem` that names the manifest, the CSV line, the column and what to do about it, and all
 problems are reported together, never only the first.
 """

@@ -11,6 +11,7 @@ intensity step. Every check that needs the volume's content happens here and rai
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,24 @@ class VolumeError(UserError, ValueError):
         super().__init__(f"{self.path}{where}: {message}. {fix}")
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One preprocessed image and where it came from.
+
+    `voxels`: the `[size, size, size]` float32 sample in [0, 1]; `extent`: its voxels per axis
+    before resizing (the crop, or the whole volume without a centroid); `image_sha256` and
+    `sample_sha256`: SHA-256 of the canonical (RAS+) float32 voxels, with their shape, of the
+    whole file and of the crop before mirroring, clipping and resizing. The digests identify
+    the data whatever the file name, format, data type or preprocessing settings (the leak check
+    compares them, `datasets/run_checks.py`).
+    """
+
+    voxels: np.ndarray
+    extent: tuple[int, int, int]
+    image_sha256: str
+    sample_sha256: str
+
+
 def load_volume(
     path: str | Path,
     preprocessing: Preprocessing,
@@ -68,22 +87,48 @@ def load_volume(
     *,
     row: int | None = None,
 ) -> np.ndarray:
-    """Load one image as a `[size, size, size]` float32 array in [0, 1].
+    """Load one image as a `[size, size, size]` float32 array in [0, 1] (see `load_sample`)."""
+    return load_sample(path, preprocessing, centroid, side, row=row).voxels
+
+
+def load_sample(
+    path: str | Path,
+    preprocessing: Preprocessing,
+    centroid: tuple[float, float, float] | None = None,
+    side: str = "",
+    *,
+    row: int | None = None,
+) -> Sample:
+    """Load one image as a `Sample`.
 
     `centroid` is in the stored file's own voxel grid (as a viewer shows it); without one the
     whole volume is used (a file that already holds one sinus). `row` is the manifest line,
     used in error messages only.
     """
     volume = _Canonical.read(path, row, "image")
-    data = volume.crop_and_mirror(preprocessing, centroid, side)
+    region = volume.data if centroid is None else volume.crop(centroid, preprocessing.crop)
+    data = volume.mirror(region, preprocessing, side)
     if data.min() == data.max():
         cropped = centroid is not None
-        region = f"the {preprocessing.crop}-voxel crop around the centroid" if cropped else "it"
+        where = f"the {preprocessing.crop}-voxel crop around the centroid" if cropped else "it"
         raise volume.error(
-            f"{region} is constant (every voxel is {data.min():g})",
+            f"{where} is constant (every voxel is {data.min():g})",
             "Check the file" + (" and that the centroid lies on the sinus." if cropped else "."),
         )
-    return _resize(_clip_and_rescale(data, preprocessing.clip_percentiles), preprocessing.size)
+    voxels = _resize(_clip_and_rescale(data, preprocessing.clip_percentiles), preprocessing.size)
+    return Sample(
+        voxels=voxels,
+        extent=tuple(int(n) for n in data.shape),
+        image_sha256=voxel_sha256(volume.data),
+        sample_sha256=voxel_sha256(region),
+    )
+
+
+def voxel_sha256(data: np.ndarray) -> str:
+    """SHA-256 of an array's shape and float32 voxels (C order)."""
+    digest = hashlib.sha256(repr(tuple(data.shape)).encode())
+    digest.update(np.ascontiguousarray(data, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def load_mask(
@@ -167,12 +212,17 @@ class _Canonical:
         self, preprocessing: Preprocessing, centroid: tuple[float, float, float] | None, side: str
     ) -> np.ndarray:
         """The crop cube around `centroid` (the whole volume without one), mirrored if right."""
-        data = self.data if centroid is None else self._crop(centroid, preprocessing.crop)
+        data = self.data if centroid is None else self.crop(centroid, preprocessing.crop)
+        return self.mirror(data, preprocessing, side)
+
+    @staticmethod
+    def mirror(data: np.ndarray, preprocessing: Preprocessing, side: str) -> np.ndarray:
+        """`data` flipped on the left-right axis for a right side (when mirroring is on)."""
         if side == "R" and preprocessing.mirror_right:
             data = data[::-1]
         return np.ascontiguousarray(data)
 
-    def _crop(self, centroid: tuple[float, float, float], crop: int) -> np.ndarray:
+    def crop(self, centroid: tuple[float, float, float], crop: int) -> np.ndarray:
         stored = np.asarray(centroid, dtype=float)
         outside = [
             f"{name}={value:g} (axis size {size})"

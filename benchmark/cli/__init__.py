@@ -13,7 +13,7 @@
     ssl3d data phantom --out DIR --labelled N --unlabelled M --size S --seed K
     ssl3d data import bids|medmnist|folder SOURCE --out DIR [options]
     ssl3d data splits MANIFEST --out splits.csv
-    ssl3d data check MANIFEST
+    ssl3d data check MANIFEST [--profile P] [--keep-cache] [key=value ...]
     ssl3d data show MANIFEST --out FILE.png
     ssl3d export RUN --method M --out DIR [--seed S] [--fold K] [--fraction F] [--license L]
     ssl3d perf [--profile P] [--methods a,b] [--device cpu|cuda] [--json FILE] [--estimate]
@@ -43,8 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` settings taken wherever they stand.
+
+    argparse gives a command's ``key=value`` positional only the words before its first option
+    when another positional precedes it (``ssl3d data check MANIFEST --profile P key=value``);
+    the settings after the option come back unparsed, and are added here."""
+    parser = build_parser()
+    args, unparsed = parser.parse_known_args(argv)
+    settings = [word for word in unparsed if "=" in word and not word.startswith("-")]
+    if settings and hasattr(args, "overrides") and len(settings) == len(unparsed):
+        args.overrides = [*args.overrides, *settings]
+    elif unparsed:
+        parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         args.handler(args)
     except UserError as error:

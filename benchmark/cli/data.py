@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from benchmark.cli.arguments import comma_list
+from benchmark.cli.arguments import add_settings_arguments, comma_list, load_settings
 
 
 def command_data_phantom(args: argparse.Namespace) -> None:
@@ -47,9 +48,20 @@ def command_data_splits(args: argparse.Namespace) -> None:
 
 
 def command_data_check(args: argparse.Namespace) -> None:
-    from benchmark.datasets.check import check_manifest
+    import tempfile
 
-    report = check_manifest(args.manifest)
+    from benchmark.datasets.check import report_check, report_unreadable
+    from benchmark.datasets.manifest import ManifestError
+    from benchmark.rundata import check_data
+
+    cfg = load_settings(args)
+    print(f"profile {cfg.profile} ({cfg.profile_reason})")
+    with tempfile.TemporaryDirectory(prefix="ssl3d-check-") as scratch:
+        try:
+            check = check_data(cfg, Path(args.manifest), None if args.keep_cache else scratch)
+            report = report_check(check)
+        except ManifestError as error:
+            report = report_unreadable(args.manifest, error)
     print(report.text)
     if not report.ok:
         for problem in report.problems:
@@ -181,9 +193,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     splits.set_defaults(handler=command_data_splits)
 
     check = data_commands.add_parser(
-        "check", help="validate a manifest and every file; print a summary"
+        "check",
+        help="run the checks `ssl3d run` makes on a manifest (for a profile); print a summary",
     )
     check.add_argument("manifest")
+    add_settings_arguments(check)
+    check.add_argument(
+        "--keep-cache",
+        action="store_true",
+        help="keep the preprocessed cohort in data.cache_dir (default: next to the manifest)",
+    )
     check.set_defaults(handler=command_data_check)
 
     show_data = data_commands.add_parser(

@@ -1,33 +1,45 @@
-"""check_manifest (`ssl3d data check`) and draw_examples (`ssl3d data show`)."""
+"""report_check (`ssl3d data check`) and draw_examples (`ssl3d data show`)."""
 
 import numpy as np
-from benchmark.datasets.check import check_manifest
+import pytest
+from benchmark.datasets.check import report_check, report_unreadable
 from benchmark.datasets.cohort import load_cohort
+from benchmark.datasets.manifest import ManifestError
 from benchmark.datasets.show import draw_examples
 from conftest import SMALL, write_manifest, write_nifti
 
+from benchmark.config import load_config
+from benchmark.rundata import check_data
+
+
+def check_manifest(path, *settings):
+    """The report `ssl3d data check --profile smoke` prints, on the 9-voxel crop of SMALL."""
+    cfg = load_config("smoke", ["data.size=8", "data.crop=9", "data.workers=1", *settings])
+    return report_check(check_data(cfg, path))
+
 
 def test_check_summarises_a_good_cohort(cohort_factory):
-    cohort = cohort_factory(subjects=4, unlabelled=1)
-    report = check_manifest(cohort.manifest, SMALL, workers=1)
+    cohort = cohort_factory(subjects=8, unlabelled=1)
+    report = check_manifest(cohort.manifest)
     assert report.ok and report.problems == []
     for line in [
-        "Subjects: 5 (4 with labels)",
-        "Volumes: 10 loaded, 0 rows excluded",
-        "Labels: 4 normal, 4 anomalous, 2 unlabelled",
-        "Pathologies: polyp x4",
-        "Sides: L x5, R x5",
-        "Stored shapes (5 image files): (24, 16, 16) x5",
-        "Voxel spacings (mm): (1.0, 1.0, 1.0) x5",
-        "Centroids: 10 rows (stored voxels: x 6..17, y 8..8, z 8..8)",
-        "Masks: 8 rows, 4 of them mark voxels",
+        "Subjects: 9 (8 with labels)",
+        "Volumes: 18 usable, 0 bad rows",
+        "Labels: 8 normal, 8 anomalous, 2 unlabelled",
+        "Pathologies: polyp x8",
+        "Sides: L x9, R x9",
+        "Stored shapes (9 image files): (24, 16, 16) x9",
+        "Voxel spacings (mm): (1.0, 1.0, 1.0) x9",
+        "Centroids: 18 rows (stored voxels: x 6..17, y 8..8, z 8..8)",
+        "Masks: 16 rows, 8 of them mark voxels",
+        "Splits: 2 test subjects, 2 fold(s) x 1 seed(s), label fractions 0.5, 1",
         "No problems found.",
     ]:
         assert line in report.text.splitlines()
 
 
 def test_check_reports_every_problem_of_a_broken_cohort(cohort_factory):
-    cohort = cohort_factory(subjects=3)
+    cohort = cohort_factory(subjects=8)
     rows = [dict(row) for row in cohort.rows]
     rows[0]["side"] = "X"  # a CSV problem
     rows[3]["centroid_x"] = "22"  # the crop leaves the volume
@@ -35,7 +47,7 @@ def test_check_reports_every_problem_of_a_broken_cohort(cohort_factory):
     write_manifest(cohort.manifest, rows)
     bad = np.full((24, 16, 16), np.nan)
     write_nifti(cohort.manifest.parent / rows[5]["image"], bad)  # sub002: NaN voxels
-    report = check_manifest(cohort.manifest, SMALL, workers=1)
+    report = check_manifest(cohort.manifest, "splits.fractions=[1.0]")
     assert not report.ok
     lines = [problem.split(f"{cohort.manifest}, ")[1] for problem in report.problems]
     assert [line.split(":")[0] for line in lines] == [
@@ -46,25 +58,31 @@ def test_check_reports_every_problem_of_a_broken_cohort(cohort_factory):
     ]
     assert "crop around the centroid leaves the volume: centroid_x needs 18..26" in lines[1]
     assert "has 6144 NaN or infinite voxels" in lines[2]
-    assert "Volumes: 2 loaded, 4 rows excluded" in report.text
+    assert "Volumes: 12 usable, 4 bad rows" in report.text
     assert "4 problem(s):" in report.text
 
 
 def test_check_flags_masks_that_contradict_labels(cohort_factory):
-    cohort = cohort_factory(subjects=2)
+    cohort = cohort_factory(subjects=8)
     rows = [dict(row) for row in cohort.rows]
     rows[0]["mask"] = rows[2]["mask"]  # sub000 L (normal) gets sub001's mask: lesion on the left
+    rows[2]["mask"] = rows[1]["mask"]  # sub001 L (anomalous) gets sub000's: no lesion there
     write_manifest(cohort.manifest, rows)
-    report = check_manifest(cohort.manifest, SMALL, workers=1)
+    report = check_manifest(cohort.manifest)
     assert len(report.problems) == 1
     assert (
         "line 2, column 'mask': label 0 (normal) but its mask marks 8 voxels" in report.problems[0]
     )
+    assert "1 anomalous row(s) have a mask that marks no voxel of the sample" in report.text
+    excluded = check_manifest(cohort.manifest, "data.on_bad_rows=exclude")
+    assert excluded.ok and "- excluded: " in excluded.text
 
 
 def test_check_of_an_unreadable_manifest(tmp_path):
     path = write_manifest(tmp_path / "manifest.csv", [{"subject_id": "a", "image": "a.nii"}])
-    report = check_manifest(path)
+    with pytest.raises(ManifestError) as caught:
+        check_manifest(path)
+    report = report_unreadable(path, caught.value)
     assert not report.ok
     assert report.problems == [
         f"{path}, line 1, column 'label': required column is missing. Add a 'label' column."

@@ -17,7 +17,7 @@ def forbid_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(volumes, "load_volume", fail)
+    monkeypatch.setattr(volumes, "load_sample", fail)
 
 
 def test_cohort_tensors(cohort_factory):
