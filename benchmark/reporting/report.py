@@ -42,6 +42,7 @@ from benchmark.reporting.summaries import (
     method_roles,
     pathology_results,
 )
+from benchmark.reporting.theme import MethodStyle, method_styles, muted
 from benchmark.reporting.versions import mixed_versions_warning
 from benchmark.results import read_json
 
@@ -402,7 +403,8 @@ def write_report(
         },
         caveats=design_caveats(list(results.records.values())),
     )
-    colours = figures.method_colours(list(results.cells["method"]))
+    styles = method_styles(list(results.cells["method"]), context.roles, context.labels)
+    methods = tables.method_order(list(results.cells["method"]), reference, context.roles)
     files, markdown, headline = [], {}, {}
     if context.design == "rotating":
         files += _write_pooled(predictions, protocols, replicates, seed, context, out)
@@ -416,7 +418,13 @@ def write_report(
         headline[name] = (summary, tests, texts)
         files.append(
             figures.plot_metric_vs_fraction(
-                summary, name, protocols, colours, out / "figures" / f"{name}_vs_fraction.png"
+                summary,
+                name,
+                protocols,
+                methods,
+                reference,
+                styles,
+                out / "figures" / f"{name}_vs_fraction.png",
             )
         )
     if bootstrap is not None:
@@ -426,14 +434,14 @@ def write_report(
                 test_set,
                 protocols,
                 chosen,
-                colours,
+                styles,
                 out / "figures" / f"pr_curves_f{chosen:g}.png",
             )
         )
     losses = figures.loss_tables(out)
     if losses:
         files.append(
-            figures.plot_losses(losses, colours, out / "figures" / "pretraining_losses.png")
+            figures.plot_losses(losses, styles, out / "figures" / "pretraining_losses.png")
         )
     else:
         notes.append("no pretrain/*/losses.csv (no method was pretrained): no loss curves")
@@ -479,7 +487,7 @@ def write_report(
         )
     files += _summary_page(
         headline[metric][0], headline[metric][1], results, test_set, pathology, localisation,
-        losses, protocols, chosen, metric, reference, colours, context, out,
+        losses, protocols, chosen, metric, reference, styles, context, out,
     )  # fmt: skip
     files.append(_write_overview(out, markdown, notes, files, warnings))
     summary, _, texts = headline[metric]
@@ -606,15 +614,23 @@ def _summary_page(
     fraction: float,
     metric: str,
     reference: str | None,
-    colours: dict,
+    styles: dict[str, MethodStyle],
     context: Context,
     out: Path,
 ) -> list[Path]:
-    """``figures/summary.{png,pdf}``: six panels a user can put on one slide."""
+    """``figures/summary.{png,pdf}``: six panels a user can put on one slide. With many
+    methods, the reference, the best few and the controls are highlighted (the others light
+    grey, or left to the tables in the bar panels) and a ranking panel lists every method."""
     label = figures.LABELS[metric]
     headline = HEADLINE_PROTOCOL if HEADLINE_PROTOCOL in protocols else protocols[0]
     methods = tables.method_order(list(results.done["method"]), reference, context.roles)
     at_fraction = summary[summary["fraction"] == fraction]
+    highlighted = figures.highlighted_methods(
+        at_fraction[at_fraction["protocol"] == headline], reference, context.roles
+    )
+    shown = muted(styles, highlighted)
+    bar_methods = [m for m in methods if m in highlighted]
+    only = "" if bar_methods == methods else ", highlighted"
     marks = {
         (row.protocol, row.method): tables.significance_marks(row, context.alpha)
         for _, row in tests[tests["fraction"] == fraction].iterrows()
@@ -624,15 +640,15 @@ def _summary_page(
             f"{label} vs label fraction ({headline})",
             lambda axis: (
                 figures.draw_metric_vs_fraction(
-                    axis, summary[summary["protocol"] == headline], metric, colours, ""
+                    axis, summary[summary["protocol"] == headline], metric, shown, ""
                 ),
-                axis.legend(fontsize=7),
+                axis.legend(fontsize=6.5),
             ),
         ),
         (
-            f"{label} at fraction {fraction:g}, by protocol",
-            lambda axis: figures.draw_protocol_bars(
-                axis, at_fraction, marks, protocols, methods, metric, colours
+            f"{label} at fraction {fraction:g}, ranked by {headline}",
+            lambda axis: figures.draw_ranking(
+                axis, at_fraction, marks, protocols, headline, metric, styles, highlighted
             ),
         ),
     ]
@@ -642,7 +658,7 @@ def _summary_page(
                 f"PR curves at fraction {fraction:g} ({headline})",
                 lambda axis: (
                     figures.draw_pr_curves(
-                        axis, results.records, test_set, headline, fraction, colours, ""
+                        axis, results.records, test_set, headline, fraction, shown, ""
                     ),
                     axis.legend(fontsize=6.5, loc="lower left"),
                 ),
@@ -653,8 +669,8 @@ def _summary_page(
     rows = _at(pathology, headline, fraction)
     panels.append(
         (
-            f"Recall per finding at fraction {fraction:g} ({headline})",
-            (lambda axis: figures.draw_finding_recall(axis, rows, methods, colours, context.roles))
+            f"Recall per finding, {headline} at {fraction:g}{only}",
+            (lambda axis: figures.draw_finding_recall(axis, rows, bar_methods, styles))
             if len(rows)
             else (
                 lambda axis: figures.draw_note(axis, "skipped: the cohort records no pathologies")
@@ -665,8 +681,8 @@ def _summary_page(
     located = located[located["finding"] == "all"] if len(located) else located
     panels.append(
         (
-            f"Grad-CAM localisation at fraction {fraction:g}",
-            (lambda axis: figures.draw_localisation(axis, located, methods, colours, context.roles))
+            f"Grad-CAM localisation at {fraction:g}{only}",
+            (lambda axis: figures.draw_localisation(axis, located, bar_methods, styles))
             if len(located)
             else (lambda axis: figures.draw_note(axis, "skipped: no masks (or no finetune cells)")),
         )
@@ -674,7 +690,7 @@ def _summary_page(
     panels.append(
         (
             "Pretraining loss (relative)",
-            (lambda axis: figures.draw_relative_losses(axis, losses, colours))
+            (lambda axis: figures.draw_relative_losses(axis, losses, shown))
             if losses
             else (lambda axis: figures.draw_note(axis, "no method was pretrained")),
         )
