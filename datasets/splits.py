@@ -186,7 +186,7 @@ def given_splits(
     are the given ones; seeds vary only the nested, stratified label-fraction subsets of the
     given training set, drawn as `make_splits` draws them.
     """
-    fractions = _check_arguments(0.0, 2, seeds, fractions)
+    fractions = _check_arguments(0.0, 2, seeds, fractions, None, "fixed")
     subjects = subject_labels(table)
     unknown = sorted(set(subjects.index) - set(partition_of))
     bad = sorted({p for p in partition_of.values() if p not in PARTITIONS})

@@ -36,8 +36,8 @@ def test_method_pretraining_overrides_apply_to_that_method_only():
         ),
         (["nonsense=1"], "unknown setting 'nonsense'"),
         (["method.simclr.temprature=0.1"], "Did you mean 'method.simclr.temperature'"),
-        (["finetune.lr=fast"], "setting 'finetune.lr' (command line) must be number"),
-        (["splits.seeds=3"], "must be list"),
+        (["finetune.lr=fast"], "setting 'finetune.lr' (command line) must be a number"),
+        (["splits.seeds=3"], "must be a list"),
         (["finetune.lr"], "not of the form key=value"),
     ],
 )

@@ -74,7 +74,8 @@ def _prepared(cfg, data, out, method="supervised"):
 def test_supervised_in_fold_mode_trains_on_the_folds_labelled_training_volumes_only():
     cfg, data, out = _smoke(["supervised"], ["method.supervised.labels=fold"])
     units = pretraining_units(cfg, "supervised", out)
-    assert [(u.seed, u.fold) for u in units] == [(0, 0), (0, 1)]  # one per seed and fold
+    seeds, folds = cfg.splits.seeds, range(cfg.splits.folds)
+    assert [(u.seed, u.fold) for u in units] == [(s, k) for s in seeds for k in folds]
     unit, module, context = _prepared(cfg, data, out)
     train, val = module.pretraining_rows(context)
     np.testing.assert_array_equal(np.sort(train), data.training_rows(unit.seed, unit.fold, 1.0))

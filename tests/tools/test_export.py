@@ -30,7 +30,7 @@ def test_exported_encoder_loads_strictly_into_monai_and_the_card_names_it(
 ):
     shared = tmp_path / "shared"
     main(["export", str(smoke_run), "--method", "simclr", "--out", str(shared),
-          "--license", "CC-BY-4.0"])  # fmt: skip
+          "--seed", "0", "--license", "CC-BY-4.0"])  # fmt: skip
     widths = stage_widths(0.125)  # the smoke profile's backbone
     state = load_file(str(shared / "model.safetensors"))
     plain = ResNet(
