@@ -4,6 +4,7 @@ Each unit (``benchmark/training/units.py``) writes, under its directory::
 
     encoder.pt      plain state dict of the ResNet18 (loads strict into MONAI's resnet18)
     losses.csv      per-epoch training and validation losses
+    logs/           the same losses for ``runtime.logger`` (csv, tensorboard or mlflow)
     pretrain.json   status, config hash, resolved settings, timings, versions
     stages/         cached products of the method's ``prepare`` step
     checkpoints/    last and best Lightning checkpoints while running (removed when done)
@@ -51,6 +52,7 @@ from benchmark.training.runtime import (
     resolve_device,
     resume_checkpoint,
     training_device,
+    training_logger,
 )
 from benchmark.training.units import (
     PREPROCESSING_KEYS,
@@ -257,6 +259,7 @@ def run_pretraining(
         validate,
         data_parallel=True,
         sync_batchnorm=method.sync_batchnorm,
+        logger=training_logger(cfg.runtime, unit.directory, unit.title),
     )
     loader = partial(
         batch_loader,
