@@ -44,6 +44,9 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 # Losses are logged once per epoch (on_epoch), so Lightning's step-logging interval is moot.
 warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+# An evaluation cell's work folder holds its checkpoints and the logger's logs/ side by side;
+# whether a checkpoint there is resumed is resume_checkpoint's decision, not Lightning's.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def resolve_device(runtime: DictConfig) -> torch.device:
