@@ -44,8 +44,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 # Losses are logged once per epoch (on_epoch), so Lightning's step-logging interval is moot.
 warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
-# An evaluation cell's work folder holds its checkpoints and the logger's logs/ side by side;
-# whether a checkpoint there is resumed is resume_checkpoint's decision, not Lightning's.
+# A cell's work folder holds its checkpoints and the logger's logs/ side by side, and a resumed
+# training finds its own checkpoints: which one is read is resume_checkpoint's decision.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
