@@ -274,6 +274,11 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "finetune.lr": (_number(0, math.inf, low_open=True), "a learning rate > 0"),
     "finetune.head_hidden": (_whole(1), "a whole number of units >= 1"),
     "finetune.localisation.stage": (_whole(1, 4), "a ResNet stage from 1 to 4"),
+    "finetune.encoder": (
+        lambda v: v is None or (isinstance(v, str) and bool(v)),
+        "null or the path of an encoder file (.safetensors or .pt)",
+    ),
+    "finetune.allow_pickle": (lambda v: isinstance(v, bool), "true or false"),
     "probes.linear.C": (
         _non_empty_list_of(_number(0, math.inf, low_open=True)),
         "a non-empty list of inverse strengths > 0",
@@ -288,6 +293,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtime.threads": (lambda v: v is None or _whole(1)(v), "null or a whole number >= 1"),
     "runtime.devices": (_whole(1), "a whole number >= 1"),
     "runtime.num_nodes": (_whole(1), "a whole number >= 1"),
+    "runtime.logger": _one_of("none", "csv", "tensorboard", "mlflow"),
     "executor.max_retries": (_whole(0), "a whole number >= 0"),
     "tune.trials": (_whole(1), "a whole number >= 1"),
 }
@@ -358,18 +364,34 @@ def _apply_common_views(cfg: DictConfig) -> None:
 
 
 def selected_methods(cfg: DictConfig) -> list[str]:
-    """The method names a run covers, validated against the registry."""
+    """The method names a run covers, validated against the registry. ``all`` includes the
+    methods that evaluate a shared encoder (``external``) only when ``finetune.encoder`` names
+    one."""
     known = available_methods()
     chosen = cfg.methods
-    names = (
-        list(known) if chosen == "all" else [chosen] if isinstance(chosen, str) else list(chosen)
-    )
+    encoder = cfg.finetune.encoder
+    if chosen == "all":
+        names = [name for name, cls in known.items() if encoder or not cls.shared_encoder]
+    else:
+        names = [chosen] if isinstance(chosen, str) else list(chosen)
     if not names:
         raise ConfigError("no methods chosen (--methods or methods=[]); name at least one, or all")
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ConfigError(
             f"unknown method(s) {', '.join(unknown)}; known methods: {', '.join(sorted(known))}"
+        )
+    sharing = [name for name in names if known[name].shared_encoder]
+    if sharing and not encoder:
+        raise ConfigError(
+            f"{sharing[0]} evaluates the encoder file that finetune.encoder names, and it is "
+            f"null; add finetune.encoder=PATH (a model.safetensors of `ssl3d export`)"
+        )
+    if encoder and not sharing:
+        shared = [name for name, cls in known.items() if cls.shared_encoder]
+        raise ConfigError(
+            f"finetune.encoder={encoder} is evaluated by the {' or '.join(shared)} method only, "
+            f"which the run does not include; add it to --methods, or set finetune.encoder=null"
         )
     return names
 

@@ -62,8 +62,9 @@ class SSLMethod(SeededStream):
     Class attributes that tell the harness what a method is: ``role`` (``method``, or a
     ``positive_control`` that uses labels beyond the cell, or a ``baseline`` that learns
     nothing; tables mark both and list them after the methods, never bold), ``protocols`` (the
-    evaluation protocols it may be evaluated by; None = all) and ``frozen_features`` (a method
-    whose "encoder" is a fixed function of the volume rather than a ResNet18).
+    evaluation protocols it may be evaluated by; None = all), ``frozen_features`` (a method
+    whose "encoder" is a fixed function of the volume rather than a ResNet18) and
+    ``shared_encoder`` (its cells evaluate an encoder file made elsewhere).
 
     Args:
         backbone: the shared ResNet18; what fine-tuning receives is ``self.encoder``.
@@ -78,6 +79,9 @@ class SSLMethod(SeededStream):
     needs_pretraining: ClassVar[bool] = True
     role: ClassVar[str] = "method"  # method | positive_control | baseline
     protocols: ClassVar[tuple[str, ...] | None] = None  # evaluation protocols; None = all
+    # The cells start from the encoder file that ``finetune.encoder`` names, made elsewhere
+    # (the ``external`` method), instead of a pretraining of their own.
+    shared_encoder: ClassVar[bool] = False
     # Under data-parallel pretraining every rank holds a share of the batch; SyncBatchNorm
     # normalises over the whole batch, as one device would (SimCLR, BYOL and their successors
     # train with it). A method whose BatchNorm layers cannot be swapped for torch's sets False.

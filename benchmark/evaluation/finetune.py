@@ -38,6 +38,7 @@ from benchmark.training.runtime import (
     prepare_module,
     resolve_device,
     resume_checkpoint,
+    training_logger,
 )
 
 
@@ -102,10 +103,12 @@ def cell_seed(cell: Cell) -> int:
 
 
 def finetune_settings(cfg: DictConfig) -> dict:
-    """The settings a ``finetune`` cell depends on (``finetune`` without the grid's protocol list)."""
+    """The settings a ``finetune`` cell depends on: ``finetune`` without the grid's protocol
+    list and the ``external`` method's encoder file (whose hash its cells carry instead)."""
     check_stage(cfg.finetune.localisation)
     settings = OmegaConf.to_container(cfg.finetune, resolve=True)
-    settings.pop("protocols")
+    for grid_setting in ("protocols", "encoder", "allow_pickle"):
+        settings.pop(grid_setting)
     return settings
 
 
@@ -156,6 +159,7 @@ def run_finetune(
         workdir,
         int(settings.max_epochs),
         [*checkpoints, EarlyStopping("val_loss", patience=int(settings.patience))],
+        logger=training_logger(cfg.runtime, workdir, cell.title),
     )
     restart = f"Delete {workdir} to fine-tune {cell.title} again from its first epoch."
     last = resume_checkpoint(workdir, restart)
@@ -184,5 +188,15 @@ def run_finetune(
             **localisation,
             "seconds": round(time.perf_counter() - started, 2),
         }
-    shutil.rmtree(workdir, ignore_errors=True)
+    _remove_checkpoints(workdir)
     return result
+
+
+def _remove_checkpoints(workdir: Path) -> None:
+    """The finished cell's checkpoints deleted; ``workdir`` too unless it keeps the curves of
+    ``runtime.logger`` (``logs/``)."""
+    if (workdir / "logs").is_dir():
+        for checkpoint in workdir.glob("*.ckpt"):
+            checkpoint.unlink()
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)

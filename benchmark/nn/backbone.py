@@ -161,7 +161,7 @@ def load_encoder(path: str | Path, widths: tuple[int, ...]) -> ResNet18:
     """A backbone with the weights of an exported ``encoder.pt`` or ``.safetensors`` (strict)."""
     backbone = ResNet18(widths)
     if Path(path).suffix == ".safetensors":
-        backbone.load_state_dict(_read_safetensors(Path(path)), strict=True)
+        backbone.load_state_dict(read_safetensors(Path(path)), strict=True)
         return backbone
     try:  # weights only: a run folder may come from someone else (benchmark/results.py)
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -179,7 +179,8 @@ def load_encoder(path: str | Path, widths: tuple[int, ...]) -> ResNet18:
     return backbone
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, on the CPU; a ``UserError`` if it is not one."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -31,7 +31,7 @@ from benchmark.orchestration.plan import (
 from benchmark.orchestration.progress import GridProgress
 from benchmark.orchestration.tasks import GridRun
 from benchmark.rundata import stage_data
-from benchmark.training.runtime import process_ranks
+from benchmark.training.runtime import check_logger, process_ranks
 
 __all__ = ["ResultConflictError", "run_grid"]
 
@@ -81,10 +81,12 @@ def run_grid(
     """Run every unfinished unit of the grid under ``out`` with the configured executor
     (``executor.name``, ``benchmark.orchestration.executors``); returns the plan that ran.
 
-    Every check that can refuse the run (the folder's lock, results made with other settings)
-    comes before anything under ``out`` is written: a refused run leaves the folder as it was.
+    Every check that can refuse the run (the executor and logger installed, the folder's lock,
+    results made with other settings) comes before anything under ``out`` is written: a
+    refused run leaves the folder as it was.
     ``on_accept`` runs once the checks passed, before the grid (the caller's own files)."""
     executor = get_executor(cfg.executor)
+    check_logger(cfg.runtime)
     out = Path(out).absolute()  # executors' worker processes may start in another folder
     main_rank = process_ranks(cfg.runtime).is_main  # data-parallel ranks > 0 write nothing
     if not main_rank:

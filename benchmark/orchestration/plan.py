@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.config import config_hash, setting_leaves
 from benchmark.errors import UserError
 from benchmark.evaluation.protocols import get_protocol
+from benchmark.evaluation.shared_encoder import SharedEncoder, read_shared_encoder
 from benchmark.registry import get_method
 from benchmark.results import Cell, code_version, read_json
 from benchmark.rundata import RunData
@@ -30,17 +31,22 @@ class ResultConflictError(UserError):
 
 @dataclass
 class Plan:
-    """The units of a run with the config hash each must carry."""
+    """The units of a run with the config hash each must carry, and the checked encoder file
+    that the cells of a ``shared_encoder`` method (``external``) start from."""
 
     units: dict[str, list[PretrainingUnit]]
     unit_hashes: dict[Path, str]
     cells: list[Cell]
     cell_fingerprints: dict[Cell, dict]
+    shared_encoder: SharedEncoder | None = None
 
 
 def cell_fingerprint(cfg: DictConfig, cell: Cell, data: RunData, pretraining: dict | None) -> dict:
     """Everything a cell's numbers depend on (the code version and numerics settings too);
-    its hash decides whether the cell is done."""
+    its hash decides whether the cell is done.
+
+    ``pretraining``: the fingerprint of the unit the cell's encoder comes from, or of the shared
+    encoder file (``SharedEncoder.fingerprint``), or None for a method without either."""
     rows = {
         "train": data.training_rows(cell.seed, cell.fold, cell.fraction),
         "val": data.partition_rows(cell.seed, cell.fold, "val"),
@@ -69,9 +75,11 @@ def cell_fingerprint(cfg: DictConfig, cell: Cell, data: RunData, pretraining: di
 def plan_run(cfg: DictConfig, data: RunData, out: Path) -> Plan:
     """All pretraining units and cells of the configured grid, with their hashes."""
     _check_split_coverage(cfg, data)
+    shared = read_shared_encoder(cfg, out)
     units, unit_hashes, unit_prints, cells, prints = {}, {}, {}, [], {}
     for method in cfg.methods:
         units[method] = pretraining_units(cfg, method, out)
+        starts_from = shared.fingerprint() if get_method(method).shared_encoder else None
         for unit in units[method]:
             unit_prints[unit.directory] = pretraining_fingerprint(cfg, unit, data)
             unit_hashes[unit.directory] = config_hash(unit_prints[unit.directory])
@@ -81,10 +89,10 @@ def plan_run(cfg: DictConfig, data: RunData, out: Path) -> Plan:
                     for seed in cfg.splits.seeds:
                         cell = Cell(method, protocol, float(fraction), fold, int(seed))
                         unit = unit_for(units[method], cell.seed, cell.fold, cell.fraction)
-                        pretraining = unit_prints[unit.directory] if unit else None
+                        pretraining = unit_prints[unit.directory] if unit else starts_from
                         cells.append(cell)
                         prints[cell] = cell_fingerprint(cfg, cell, data, pretraining)
-    return Plan(units, unit_hashes, cells, prints)
+    return Plan(units, unit_hashes, cells, prints, shared)
 
 
 def evaluated_protocols(cfg: DictConfig, method: str) -> list[str]:

@@ -69,7 +69,8 @@ class CellTask:
     """Evaluate one cell and write its file: the work an executor runs for each cell.
 
     ``unit`` is the pretraining unit whose encoder the cell starts from (``None`` for methods
-    without pretraining): an executor runs the cell after that unit.
+    without pretraining): an executor runs the cell after that unit. ``encoder_file``: the
+    shared encoder the cell starts from instead (the ``external`` method's ``finetune.encoder``).
     """
 
     cfg: DictConfig
@@ -77,6 +78,7 @@ class CellTask:
     cell: Cell
     fingerprint: dict
     unit: PretrainingUnit | None
+    encoder_file: Path | None = None
 
     @property
     def path(self) -> Path:
@@ -101,7 +103,7 @@ class CellTask:
         try:
             if upstream and upstream.failure:
                 raise RuntimeError(upstream.failure.splitlines()[0])
-            encoder = upstream.encoder if upstream else None
+            encoder = upstream.encoder if upstream else self.encoder_file
             result = get_protocol(self.cell.protocol)(self.cell, self.cfg, data, encoder, workdir)
         except (KeyboardInterrupt, UserError):
             raise
@@ -145,6 +147,7 @@ class CellTask:
             "pretraining": self._pretraining(),
             "config_hash": config_hash(self.fingerprint),
             "config": self.fingerprint,
+            "encoder_file": None if self.encoder_file is None else str(self.encoder_file),
             "versions": versions(),
         }
 
@@ -211,6 +214,7 @@ class GridRun:
 
     def cell_tasks(self, method: str) -> list[CellTask]:
         units = self.plan.units[method]
+        shared = self.plan.shared_encoder if get_method(method).shared_encoder else None
         return [
             CellTask(
                 self.cfg,
@@ -218,6 +222,7 @@ class GridRun:
                 cell,
                 self.plan.cell_fingerprints[cell],
                 unit_for(units, cell.seed, cell.fold, cell.fraction),
+                None if shared is None else shared.path,
             )
             for cell in self.plan.cells
             if cell.method == method

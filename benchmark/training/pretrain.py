@@ -6,6 +6,7 @@ Each unit (``benchmark/training/units.py``) writes, under its directory::
                     weights after the last optimiser step (``pretrain.export: last``), or those
                     of the best validation loss (``best``)
     losses.csv      per-epoch training and validation losses
+    logs/           the same losses for ``runtime.logger`` (csv, tensorboard or mlflow)
     pretrain.json   status, config hash, resolved settings, seed, optimiser steps and seconds
                     of the training and of each stage the method built, versions
     stages/         cached products of the method's ``prepare`` step
@@ -59,6 +60,7 @@ from benchmark.training.runtime import (
     resolve_device,
     resume_checkpoint,
     training_device,
+    training_logger,
 )
 from benchmark.training.units import (
     PREPROCESSING_KEYS,
@@ -279,6 +281,7 @@ def run_pretraining(
         validate,
         data_parallel=True,
         sync_batchnorm=method.sync_batchnorm,
+        logger=training_logger(cfg.runtime, unit.directory, unit.title),
     )
     loader = partial(
         batch_loader,

@@ -11,6 +11,7 @@ device.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
@@ -40,6 +42,11 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 # After a data-parallel pretraining the process group stays up, and Lightning then asks every
 # single-device trainer (evaluation cells) to sync its logged values, which it need not.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+# Losses are logged once per epoch (on_epoch), so Lightning's step-logging interval is moot.
+warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+# A cell's work folder holds its checkpoints and the logger's logs/ side by side, and a resumed
+# training finds its own checkpoints: which one is read is resume_checkpoint's decision.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def resolve_device(runtime: DictConfig) -> torch.device:
@@ -187,6 +194,51 @@ def show_progress(runtime: DictConfig) -> bool:
     return bool(runtime.progress_bar)
 
 
+# The packages each ``runtime.logger`` needs beyond Lightning (any one of them), and the extra
+# of setup.cfg that installs them.
+_LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+
+
+def check_logger(runtime: DictConfig) -> None:
+    """``runtime.logger``'s package is installed; a ``RuntimeSettingError`` naming the pip
+    command otherwise (checked before a run starts, not in its first training)."""
+    name = str(runtime.logger)
+    packages = _LOGGER_PACKAGES.get(name, ())
+    if packages and not any(importlib.util.find_spec(package) for package in packages):
+        raise RuntimeSettingError(
+            f"runtime.logger={name} needs the {packages[0]} package, which is not installed: "
+            f"`pip install ssl3d[{name}]` (or `pip install {packages[0]}`), or use "
+            "runtime.logger=csv or none"
+        )
+
+
+def training_logger(runtime: DictConfig, folder: Path, title: str) -> Logger | bool:
+    """``runtime.logger``: Lightning's logger for one training, writing ``folder/logs/`` (a
+    new ``version_<n>`` there for each start or resume), or False for ``none``.
+
+    ``csv`` writes ``metrics.csv`` (every logged value, one row per epoch, flushed at each so
+    it can be watched), ``tensorboard`` event files for ``tensorboard --logdir``, ``mlflow``
+    a run named ``title`` in the experiment ``ssl3d`` at ``MLFLOW_TRACKING_URI`` (a file store
+    in ``folder/logs/mlruns`` without one). Lightning imports tensorboard or mlflow only when
+    such a logger is made. Loggers only read what training logs: no result depends on this
+    setting, and no config hash includes it.
+    """
+    check_logger(runtime)
+    name = str(runtime.logger)
+    if name == "csv":
+        return CSVLogger(folder, name="logs", flush_logs_every_n_steps=1)
+    if name == "tensorboard":
+        return TensorBoardLogger(folder, name="logs", default_hp_metric=False)
+    if name == "mlflow":
+        return MLFlowLogger(
+            experiment_name="ssl3d",
+            run_name=title,
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
+            save_dir=str(folder / "logs" / "mlruns"),
+        )
+    return False
+
+
 class LastCheckpoint(Checkpoint):
     """``last.ckpt`` at the end of every training epoch, whatever the validation loss does and
     with no validation at all, so a killed training resumes at its last finished epoch.
@@ -300,8 +352,12 @@ def make_trainer(
     validate: bool = True,
     data_parallel: bool = False,
     sync_batchnorm: bool = False,
+    logger: Logger | bool = False,
 ) -> pl.Trainer:
     """A Lightning trainer for one pretraining or one evaluation cell.
+
+    ``logger``: where the logged losses also go (``training_logger``; False: only to the
+    callbacks, such as the checkpoints and the loss table).
 
     ``data_parallel`` (pretraining only) trains on ``runtime.devices`` x ``runtime.num_nodes``
     processes with DDP when that is more than one; ``sync_batchnorm`` then converts BatchNorm
@@ -326,7 +382,7 @@ def make_trainer(
         callbacks=callbacks,
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         default_root_dir=checkpoint_dir,
-        logger=False,
+        logger=logger,
         enable_progress_bar=show_progress(runtime),
         enable_model_summary=False,
         num_sanity_val_steps=0,
