@@ -1,1 +1,2 @@
-"""Developer tools: throughput measurement (perf) and the new-method scaffold."""
+"""Tools around a run: throughput and audits (perf), the new-method scaffold, encoder export, and
+the test-set-size simulation (ci_width)."""
