@@ -96,7 +96,9 @@ def ablation_variants(spec: DictConfig, grids: Sequence[str] | None = None) -> l
 
 def ablation_settings(spec: DictConfig) -> list[str]:
     """The ``key=value`` overrides the ablation file sets for every variant."""
-    settings = OmegaConf.to_container(spec.get("settings") or {}, resolve=True)
+    if not spec.get("settings"):
+        return []  # to_container refuses a plain {}
+    settings = OmegaConf.to_container(spec.settings, resolve=True)
     return [f"{key}={value}" for key, value in settings.items()]
 
 
@@ -226,6 +228,8 @@ def validation_auprc(record: dict) -> float:
 
 def _summarize(cells: pd.DataFrame) -> pd.DataFrame:
     """Per fraction: test and validation AUPRC mean and std, finished and failed cells."""
+    if "auprc" not in cells:  # no cell finished, so no cell recorded metrics
+        cells = cells.assign(auprc=math.nan)
     finished = cells[cells["status"] == "done"]
     summary = finished.groupby("fraction").agg(
         mean=("auprc", "mean"),
