@@ -10,11 +10,15 @@ configuration per report), resamples test subjects once for the whole report
   records pathologies and masks (otherwise a note says why they are absent);
 - ``figures/{auprc,auroc,f1}_vs_fraction.png``, ``figures/pr_curves_f<F>.png``,
   ``figures/pretraining_losses.png``, ``figures/summary.{png,pdf}``;
+- ``tables/ranks.{csv,md,tex}`` and ``figures/ranks_<protocol>.png``: the chosen metric's mean
+  ranks of the competing methods over the label fractions, Friedman's test and Nemenyi's
+  critical-difference diagram (``benchmark.reporting.ranks``);
 - ``tables/pretraining_budget.md``: each method's pretraining units, optimiser steps and
   seconds, and the steps and seconds of the stages a method builds first (its extra cost);
 - ``tables/tuning.md`` when the run took tuned settings (``ssl3d run --tuned``): each method's
   trials, hours and best settings, so that equal tuning effort is visible;
-- ``report.md``: every table, the notes and the figures on one page.
+- ``report.md``: what the run can conclude (``benchmark.reporting.verdict``: the positive
+  control, the MDD, the significant differences), then every table, the notes and the figures.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from benchmark.evaluation.protocols import PROTOCOLS
 from benchmark.reporting import figures, tables
 from benchmark.reporting.collect import RunResults, collect
 from benchmark.reporting.pooling import evaluation_design, pooled_auprc, pooled_predictions
+from benchmark.reporting.ranks import draw_critical_difference, rank_tests, ranks_frame
 from benchmark.reporting.statistics import resamples_for_family
 from benchmark.reporting.summaries import (
     METRICS,
@@ -41,8 +46,10 @@ from benchmark.reporting.summaries import (
     localisation_results,
     method_roles,
     pathology_results,
+    tied_with_best,
 )
 from benchmark.reporting.theme import MethodStyle, method_styles, muted
+from benchmark.reporting.verdict import positive_control, verdict_markdown
 from benchmark.reporting.versions import mixed_versions_warning
 from benchmark.results import read_json
 
@@ -155,7 +162,12 @@ def test_size(context: Context) -> str:
 
 
 def metric_caption(
-    metric: str, protocol: str, table: pd.DataFrame, tests: pd.DataFrame, context: Context
+    metric: str,
+    protocol: str,
+    table: pd.DataFrame,
+    tests: pd.DataFrame,
+    ties: pd.DataFrame,
+    context: Context,
 ) -> str:
     """States the protocol, n, the test size, the backbone, the profile, the chance level and
     the marks."""
@@ -181,7 +193,7 @@ def metric_caption(
     text += views_clause(context.view_presets)
     prevalence = table["prevalence"].mean()
     chance = CHANCE[metric].format(p=prevalence, f1=2 * prevalence / (1 + prevalence))
-    text += f"; {chance}. Bold: best mean per fraction."
+    text += f"; {chance}. {ties_caption(ties, context)}"
     marked = [
         m for m in dict.fromkeys(table["method"]) if context.roles.get(m, "method") != "method"
     ]
@@ -202,6 +214,26 @@ def metric_caption(
     if context.reference and len(tested):
         text += " " + significance_caption(tested, context, metric)
     return text + context.closing
+
+
+def ties_caption(ties: pd.DataFrame, context: Context) -> str:
+    """What bold means in a table, from how its ties were decided (``tied_with_best``)."""
+    how = set(ties["tie_test"]) - {"best"}
+    if ties.empty:
+        return "No competing method finished a cell: nothing is bold."
+    if how <= {"untested"}:
+        return (
+            "Bold: best mean per fraction (no paired test against it was possible: "
+            "it is not shown to beat the others)."
+        )
+    text = (
+        "Bold: tied with the best, i.e. the best mean of its fraction and every method the "
+        "paired t-test (training and test-subject variation) does not find worse than it "
+        f"(Holm-adjusted p < {context.alpha:g} within the fraction's comparisons with the best)"
+    )
+    if "within MDD" in how:
+        text += "; where a pair could not be tested, within the fraction's median MDD of the best"
+    return text + ". Several bold entries: the run cannot tell them apart."
 
 
 def views_clause(presets: dict[str, str]) -> str:
@@ -282,25 +314,34 @@ def _write_metric(
         tests.drop(columns="reference"), on=["protocol", "method", "fraction"], how="left"
     )
     merged["reference"] = reference or ""
+    ties = tied_with_best(results.cells, summary, metric, bootstrap, context.alpha, context.level)
+    merged = merged.merge(
+        ties.rename(columns={"tied": "tied_with_best"}),
+        on=["protocol", "method", "fraction"],
+        how="left",
+    )
+    merged["tied_with_best"] = merged["tied_with_best"].eq(True)
     columns = [
         "method", "fraction", "mean", "std", "n", "failed", "missing", "ci_low", "ci_high",
         "prevalence", "reference", "pairs", "paired_seeds", "diff", "diff_low", "diff_high", "p",
         "p_holm", "significant", "mdd", "p_test_only", "p_test_only_holm", "se", "df", "family",
-        "role", "protocol",
+        "tied_with_best", "tie_test", "role", "protocol",
     ]  # fmt: skip
     merged = merged[columns]
     texts = {"md": [], "tex": []}
     for protocol in protocols:
         rows = summary[summary["protocol"] == protocol]
         protocol_tests = tests[tests["protocol"] == protocol]
-        caption = metric_caption(metric, protocol, rows, protocol_tests, context)
+        protocol_ties = ties[ties["protocol"] == protocol]
+        tied = {(r.method, r.fraction) for r in protocol_ties.itertuples() if r.tied}
+        caption = metric_caption(metric, protocol, rows, protocol_tests, protocol_ties, context)
         label = f"tab:ssl3d-{metric}-{protocol}"
         for notation, key in (
             (tables.Notation(False, context.labels), "md"),
             (tables.Notation(True, context.labels), "tex"),
         ):
             table = tables.metric_table(
-                rows, protocol_tests, reference, caption, label, notation, context.alpha
+                rows, protocol_tests, reference, caption, label, notation, context.alpha, tied
             )
             render = tables.latex if notation.latex else tables.markdown
             texts[key].append(render(table))
@@ -485,13 +526,88 @@ def write_report(
         notes.append(
             "no method was tuned (`ssl3d run --tuned`): every method ran with its YAML settings"
         )
+    summary, tests, _ = headline[metric]
+    files += _write_ranks(summary, metric, protocols, context, out, markdown)
+    control = positive_control(results.cells, metric, bootstrap, alpha, level)
+    verdict = verdict_markdown(
+        results.cells, metric, control, tests, protocols, reference, alpha, level
+    )
     files += _summary_page(
         headline[metric][0], headline[metric][1], results, test_set, pathology, localisation,
         losses, protocols, chosen, metric, reference, styles, context, out,
     )  # fmt: skip
-    files.append(_write_overview(out, markdown, notes, files, warnings))
-    summary, _, texts = headline[metric]
+    files.append(_write_overview(out, verdict, markdown, notes, files, warnings))
+    texts = headline[metric][2]
     return Report(summary, texts["md"], files, notes, texts, warnings)
+
+
+def _write_ranks(
+    summary: pd.DataFrame,
+    metric: str,
+    protocols: list[str],
+    context: Context,
+    out: Path,
+    markdown: dict[str, str],
+) -> list[Path]:
+    """``tables/ranks.{csv,md,tex}`` and ``figures/ranks_<protocol>.png`` (``ranks``): the
+    competing methods' mean ranks over the label fractions, or why a protocol has none."""
+    tests, reasons = rank_tests(summary, protocols, context.alpha)
+    files = [_csv(ranks_frame(tests), out / "tables" / "ranks.csv")]
+    texts = {"md": [], "tex": []}
+    label = figures.LABELS[metric]
+    for protocol in protocols:
+        if protocol not in tests:
+            texts["md"].append(
+                f"### Ranks, protocol `{protocol}`\n\nNo ranks: {reasons[protocol]}.\n"
+            )
+            continue
+        test = tests[protocol]
+        path = out / "figures" / f"ranks_{protocol}.png"
+        title = (
+            f"Mean rank by {label}, {protocol} protocol, over {len(test.blocks)} label fractions"
+            f" (Nemenyi CD, alpha {context.alpha:g})"
+        )
+        files.append(draw_critical_difference(test, title, path))
+        best = test.mean_ranks.iloc[0]
+        caption = (
+            f"Mean rank of the {test.methods} competing methods over the label fractions "
+            f"{', '.join(f'{b:g}' for b in test.blocks)} of the {protocol} protocol (1 = best; "
+            f"ranked by mean {label} per fraction; controls and baselines not ranked). Friedman "
+            f"chi-squared {test.friedman:.2f} ({test.methods - 1} df), p = {test.friedman_p:.3g}; "
+            f"Iman-Davenport F {test.iman_davenport:.2f}, p = {test.iman_davenport_p:.3g}. "
+            f"Nemenyi critical difference at {context.alpha:g}: {test.critical_difference:.2f}; "
+            f"methods whose mean ranks differ by less are not told apart (Demšar 2006; diagram: "
+            f"figures/ranks_{protocol}.png). The fractions are nested label subsets, not "
+            "independent data sets: the ranks describe this grid, the per-fraction paired tests "
+            f"are the inference. Backbone {context.backbone}; profile {context.profile}."
+        )
+        if protocol in reasons:
+            caption += f" Note: {reasons[protocol]}."
+        rows = [
+            [name, f"{rank:.2f}", "yes" if rank - best < test.critical_difference else "no"]
+            for name, rank in test.mean_ranks.items()
+        ]
+        for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
+            header = ["Method", "mean rank", "within CD of the best"]
+            table = tables.Table(
+                header,
+                [[notation.name(cell) for cell in row] for row in rows],
+                caption + context.closing,
+                f"tab:ssl3d-ranks-{protocol}",
+            )
+            if notation.latex:
+                texts[key].append(tables.latex(table))
+            else:
+                texts[key].append(
+                    f"### Ranks, protocol `{protocol}`\n\n{tables.markdown(table)}\n"
+                    f"![ranks_{protocol}](figures/ranks_{protocol}.png)\n"
+                )
+    for key in ("md", "tex"):
+        path = out / "tables" / f"ranks.{key}"
+        path.write_text("\n".join(texts[key]))
+        files.append(path)
+    markdown["ranks"] = (out / "tables" / "ranks.md").read_text()
+    return files
 
 
 def _write_pooled(
@@ -716,10 +832,16 @@ def _at(table: pd.DataFrame, protocol: str, fraction: float) -> pd.DataFrame:
 
 
 def _write_overview(
-    out: Path, markdown: dict[str, str], notes: list[str], files: list[Path], warnings: list[str]
+    out: Path,
+    verdict: str,
+    markdown: dict[str, str],
+    notes: list[str],
+    files: list[Path],
+    warnings: list[str],
 ) -> Path:
-    """``report.md``: the warnings, every Markdown table, the notes and links to the figures."""
-    sections = ["# ssl3d report", ""]
+    """``report.md``: what the run can conclude, the warnings, every Markdown table, the notes
+    and links to the figures."""
+    sections = ["# ssl3d report", "", verdict]
     if warnings:
         sections += ["## Warnings", "", *(f"- **{warning}**" for warning in warnings), ""]
     if notes:
@@ -728,6 +850,7 @@ def _write_overview(
         "pathology": "Per finding",
         "localisation": "Localisation",
         "tuning": "Tuning budget (ssl3d tune)",
+        "ranks": "Ranks across the label fractions",
         "pretraining": "Pretraining budget (equal steps; extra stages are a method's extra cost)",
     }
     for name, text in markdown.items():

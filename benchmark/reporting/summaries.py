@@ -366,6 +366,49 @@ def comparisons(
     return paired_comparisons(cells, metric, pairs, bootstrap, alpha, level)
 
 
+def tied_with_best(
+    cells: pd.DataFrame,
+    summary: pd.DataFrame,
+    metric: str,
+    bootstrap: Bootstrap | None,
+    alpha: float = 0.05,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Which competing methods (role ``method``) are not significantly worse than the best
+    mean of their column (one protocol and fraction of ``summary``, ``entries``' rows).
+
+    Every other competing method of the column is compared with the best one by
+    ``paired_comparisons`` (Holm over that column's pairs). A method is tied when the test
+    does not find it worse; when the pair's test cannot run (a single paired cell) but other
+    pairs of the column could, when its mean is within their median minimum detectable
+    difference of the best; with neither (no predictions, one cell per method), only the best. Columns ``protocol, method, fraction, tied, tie_test`` with
+    ``tie_test``: ``best``, ``paired test``, ``within MDD`` or ``untested``."""
+    competing = summary[(summary["role"] == "method") & (summary["n"] > 0)]
+    rows = []
+    for (protocol, fraction), column in competing.groupby(["protocol", "fraction"], sort=True):
+        best = column.loc[column["mean"].idxmax(), "method"]
+        rows.append((protocol, best, fraction, True, "best"))
+        pairs = [(m, best) for m in column["method"] if m != best]
+        here = cells[(cells["protocol"] == protocol) & (cells["fraction"] == fraction)]
+        tests = paired_comparisons(here, metric, pairs, bootstrap, alpha, level)
+        means = column.set_index("method")["mean"]
+        mdd = tests.loc[np.isfinite(tests["p_holm"].to_numpy(float)), "mdd"].median()
+        for method in column["method"]:
+            if method == best:
+                continue
+            found = tests[tests["method"] == method]
+            test = found.iloc[0] if len(found) else None
+            if test is not None and np.isfinite(test["p_holm"]):
+                tied = not (test["significant"] and test["diff"] < 0)
+                rows.append((protocol, method, fraction, tied, "paired test"))
+            elif np.isfinite(mdd):
+                tied = bool(means[best] - means[method] <= mdd)
+                rows.append((protocol, method, fraction, tied, "within MDD"))
+            else:
+                rows.append((protocol, method, fraction, False, "untested"))
+    return pd.DataFrame(rows, columns=["protocol", "method", "fraction", "tied", "tie_test"])
+
+
 def pathology_results(
     results: RunResults, bootstrap: Bootstrap, level: float = 0.95
 ) -> pd.DataFrame:

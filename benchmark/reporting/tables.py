@@ -6,8 +6,10 @@ reference (``*`` the paired test over training and test-subject variation, ``†
 bootstrap over test subjects alone; both Holm-adjusted within the fraction's family, see
 ``benchmark.reporting.summaries.paired_comparisons``), the 95 % bootstrap CI in brackets, and
 how many cells failed or are missing. An entry without finished cells reads ``failed`` or
-``missing``, never a number. The best mean of each column is bold. A positive control and a
-baseline (``SSLMethod.role``) follow the methods, their names say what they are
+``missing``, never a number. Bold marks the methods tied with the best of their column: every
+competing method the paired test does not find worse than the column's best mean
+(``summaries.tied_with_best``), or, for a table without tests, the best mean alone. A positive
+control and a baseline (``SSLMethod.role``) follow the methods, their names say what they are
 (``summaries.ROLE_LABELS``), and they are never bold.
 """
 
@@ -150,9 +152,11 @@ def metric_table(
     label: str,
     notation: Notation,
     alpha: float = 0.05,
+    tied: set[tuple[str, float]] | None = None,
 ) -> Table:
     """Methods x label fractions of one protocol and metric; only methods (role ``method``)
-    compete for bold."""
+    compete for bold: the (method, fraction) entries in ``tied`` (``summaries.tied_with_best``),
+    or, without it, the best mean of each column."""
     fractions = sorted(entries["fraction"].unique())
     roles = entry_roles(entries)
     competing = entries["method"].map(lambda m: roles.get(m, "method") == "method")
@@ -168,7 +172,12 @@ def metric_table(
                 cells.append("–")
                 continue
             row = found.iloc[0]
-            bold = competing[found.index[0]] and row["n"] > 0 and row["mean"] == best.get(fraction)
+            leading = (
+                (method, fraction) in tied
+                if tied is not None
+                else row["mean"] == best.get(fraction)
+            )
+            bold = competing[found.index[0]] and row["n"] > 0 and leading
             marks = significance_marks(tests.get((method, fraction)), alpha)
             cells.append(entry_text(row, bold, marks, notation))
         rows.append(cells)

@@ -10,7 +10,7 @@ killed ablation resumes like any run::
     OUT/data/phantom/              the built-in cohort, generated once for every variant
     OUT/variants/<values>/         one run folder per variant (run.yaml, pretrain/, cells/)
     OUT/stages/                    stage files shared between variants (hard links)
-    OUT/tables/ablation_<method>.{csv,md}
+    OUT/tables/ablation_<method>.{csv,md}   validation and test AUPRC of every variant
 
 A variant's folder is named by the values of every ablated setting, so variants of different
 grids that resolve to the same settings (the headline setting usually appears in each grid) run
@@ -23,6 +23,7 @@ residual method's autoencoder is trained once for all median-filter and loss var
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -31,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.config import ConfigError, _read_yaml, configs_root, load_config
+from benchmark.evaluation.metrics import weighted_average_precision
 from benchmark.orchestration.grid import run_grid
 from benchmark.orchestration.lock import run_folder_lock
 from benchmark.reporting.report import HEADLINE_PROTOCOL
-from benchmark.results import cells_table, read_json
+from benchmark.results import cell_rows, read_cells, read_json
 from benchmark.rundata import phantom_manifest
 from benchmark.training.units import pretraining_units
 
@@ -93,7 +96,9 @@ def ablation_variants(spec: DictConfig, grids: Sequence[str] | None = None) -> l
 
 def ablation_settings(spec: DictConfig) -> list[str]:
     """The ``key=value`` overrides the ablation file sets for every variant."""
-    settings = OmegaConf.to_container(spec.get("settings") or {}, resolve=True)
+    if not spec.get("settings"):
+        return []  # to_container refuses a plain {}
+    settings = OmegaConf.to_container(spec.settings, resolve=True)
     return [f"{key}={value}" for key, value in settings.items()]
 
 
@@ -172,12 +177,14 @@ def _link_stages(cfg: DictConfig, method: str, run: Path, store: Path, into_run:
 def ablation_table(
     method: str, variants: list[Variant], folders: dict[Variant, Path], out: Path
 ) -> pd.DataFrame:
-    """Write ``OUT/tables/ablation_<method>.{csv,md}``: AUPRC per label fraction of every
-    variant, and the numbers its pretraining units noted (``notes`` of ``pretrain.json``, e.g.
-    the residual method's localisation AUPRC), averaged over the units."""
+    """Write ``OUT/tables/ablation_<method>.{csv,md}``: per label fraction of every variant the
+    validation AUPRC (the number to choose a setting by) and the test AUPRC, and the numbers
+    its pretraining units noted (``notes`` of ``pretrain.json``, e.g. the residual method's
+    localisation AUPRC), averaged over the units."""
     rows = []
     for variant in variants:
-        cells = cells_table(folders[variant])
+        records = read_cells(folders[variant])
+        cells = cell_rows(records).assign(validation_auprc=[validation_auprc(r) for r in records])
         if cells.empty:
             continue
         protocols = list(cells["protocol"].unique())
@@ -191,6 +198,8 @@ def ablation_table(
                     "protocol": protocol,
                     **{key.rsplit(".", 1)[-1]: value for key, value in variant.settings},
                     "fraction": line["fraction"],
+                    "validation_auprc_mean": line["validation_mean"],
+                    "validation_auprc_std": line["validation_std"],
                     "auprc_mean": line["mean"],
                     "auprc_std": line["std"],
                     "cells": line["n"],
@@ -207,10 +216,28 @@ def ablation_table(
     return table
 
 
+def validation_auprc(record: dict) -> float:
+    """A cell's AUPRC on its validation volumes (``validation_predictions``); NaN without."""
+    predictions = record.get("validation_predictions") or []
+    if not predictions:
+        return math.nan
+    scores = torch.tensor([p["score"] for p in predictions], dtype=torch.float64)
+    labels = torch.tensor([p["label"] for p in predictions], dtype=torch.float64)
+    return float(weighted_average_precision(scores, labels)[0])
+
+
 def _summarize(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per fraction: AUPRC mean, std and number of finished cells, and failed cells."""
+    """Per fraction: test and validation AUPRC mean and std, finished and failed cells."""
+    if "auprc" not in cells:  # no cell finished, so no cell recorded metrics
+        cells = cells.assign(auprc=math.nan)
     finished = cells[cells["status"] == "done"]
-    summary = finished.groupby("fraction")["auprc"].agg(mean="mean", std="std", n="count")
+    summary = finished.groupby("fraction").agg(
+        mean=("auprc", "mean"),
+        std=("auprc", "std"),
+        n=("auprc", "count"),
+        validation_mean=("validation_auprc", "mean"),
+        validation_std=("validation_auprc", "std"),
+    )
     failed = cells[cells["status"] == "failed"].groupby("fraction").size().rename("failed")
     summary = summary.join(failed, how="outer").reset_index()
     summary["n"] = summary["n"].fillna(0).astype(int)
@@ -237,19 +264,34 @@ def _markdown(method: str, table: pd.DataFrame) -> str:
         keys = [c for c in rows.columns if _is_setting(c) and rows[c].notna().all()]
         checks = [c for c in rows.columns if c.endswith(".auprc") and rows[c].notna().any()]
         fractions = sorted(rows["fraction"].unique())
-        header = [*keys, *(f"AUPRC {f:g}" for f in fractions), *checks]
+        validated = rows.dropna(subset=["validation_auprc_mean"])
+        chosen = validated.loc[validated.groupby("fraction")["validation_auprc_mean"].idxmax()]
+        chosen = {(line.fraction, line.run) for line in chosen.itertuples()}
+        header = [*keys]
+        for fraction in fractions:
+            header += [f"validation AUPRC {fraction:g}", f"test AUPRC {fraction:g}"]
+        header += checks
         lines += [f"## {grid}", "", "| " + " | ".join(header) + " |"]
         lines.append("|" + "---|" * len(header))
         for values, variant in rows.groupby(keys, sort=False):
             values = values if isinstance(values, tuple) else (values,)
             by_fraction = variant.set_index("fraction")
-            cells = [_mean_std(by_fraction, f) for f in fractions]
+            cells = []
+            for fraction in fractions:
+                best = (fraction, variant["run"].iloc[0]) in chosen
+                cells += [
+                    _mean_std(by_fraction, fraction, "validation_auprc", bold=best),
+                    _mean_std(by_fraction, fraction, "auprc"),
+                ]
             cells += [_number(variant[check].iloc[0]) for check in checks]
             lines.append("| " + " | ".join([*map(str, values), *cells]) + " |")
         lines.append("")
     lines.append(
         f"AUPRC ({', '.join(table['protocol'].unique())} protocol): mean ± std over folds and "
-        "seeds. Columns ending "
+        "seeds, on each cell's validation volumes and on the test set. Choose a setting by "
+        "validation AUPRC (bold: the best variant of a grid per fraction); the test AUPRC is "
+        "the estimate of the chosen setting, and choosing by it would make that estimate "
+        "optimistic. Columns ending "
         "in .auprc are noted by pretraining (mean over units); residual_localisation.auprc is "
         "the voxel-level AUPRC of the residual targets against the anomaly masks of each "
         "fold's validation volumes."
@@ -263,6 +305,8 @@ _SUMMARY_COLUMNS = {
     "fraction",
     "auprc_mean",
     "auprc_std",
+    "validation_auprc_mean",
+    "validation_auprc_std",
     "cells",
     "failed",
     "run",
@@ -277,10 +321,14 @@ def _number(value) -> str:
     return "–" if pd.isna(value) else f"{value:.3f}"
 
 
-def _mean_std(by_fraction: pd.DataFrame, fraction: float) -> str:
+def _mean_std(by_fraction: pd.DataFrame, fraction: float, name: str, bold: bool = False) -> str:
+    """``mean ± std`` of ``<name>_mean`` and ``<name>_std`` at ``fraction`` (bold when asked)."""
     if fraction not in by_fraction.index or by_fraction.loc[fraction, "cells"] == 0:
         return "–"
     line = by_fraction.loc[fraction]
-    std = 0.0 if pd.isna(line["auprc_std"]) else line["auprc_std"]
-    text = f"{line['auprc_mean']:.3f} ± {std:.3f}"
+    if pd.isna(line[f"{name}_mean"]):
+        return "–"
+    std = 0.0 if pd.isna(line[f"{name}_std"]) else line[f"{name}_std"]
+    text = f"{line[f'{name}_mean']:.3f} ± {std:.3f}"
+    text = f"**{text}**" if bold else text
     return text + (f" ({int(line['failed'])} failed)" if line["failed"] else "")

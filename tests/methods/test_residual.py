@@ -352,5 +352,8 @@ def test_an_ablation_runs_each_variant_once_and_shares_the_autoencoder(residual_
         log=lambda m: None,
     )
     assert len(list((tmp_path / "variants").iterdir())) == 3  # training, current, smallest
-    assert (tmp_path / "tables" / "ablation_residual.md").exists()
     assert len(table) > 0
+    # settings are chosen by validation AUPRC, shown beside the test AUPRC
+    assert table["validation_auprc_mean"].between(0, 1).all()
+    markdown = (tmp_path / "tables" / "ablation_residual.md").read_text()
+    assert "validation AUPRC" in markdown and "Choose a setting by validation AUPRC" in markdown
