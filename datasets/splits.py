@@ -79,10 +79,10 @@ def make_splits(
         return _rotating_splits(subjects, folds, seeds, fractions)
     count = _round_half_up(test * len(subjects)) if test_subjects is None else test_subjects
     if count >= len(subjects):
+        asked = f"a test set of {count} subjects" if test_subjects else f"splits.test={test}"
         raise SplitError(
-            f"splits.test_subjects={test_subjects} (the profiles size the phantom's test set "
-            f"with it): the manifest has only {len(subjects)} labelled subjects. Set "
-            "splits.test_subjects=null to hold out the share splits.test, give fewer test "
+            f"{asked}: the manifest has only {len(subjects)} labelled subjects. Set "
+            "splits.test_subjects (phantom.test_subjects on the phantom) to fewer test "
             "subjects, or use splits.test_mode=rotating."
         )
     share = test if test_subjects is None else test_subjects / len(subjects)

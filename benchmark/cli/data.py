@@ -54,6 +54,7 @@ def command_data_check(args: argparse.Namespace) -> None:
     from benchmark.datasets.manifest import ManifestError
     from benchmark.rundata import check_data
 
+    args.overrides.append(f"data.manifest={args.manifest}")  # the run would read this one
     cfg = load_settings(args)
     print(f"profile {cfg.profile} ({cfg.profile_reason})")
     with tempfile.TemporaryDirectory(prefix="ssl3d-check-") as scratch:

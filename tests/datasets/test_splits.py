@@ -172,7 +172,7 @@ def test_test_subjects_gives_exactly_that_many_stratified_test_subjects():
         assert all(partition_subjects(splits, 1, f, "test") == test for f in range(3))
         assert_stratified(test, everyone, count / len(everyone))
         assert split_test_mode(splits) == "fixed"
-    too_many = r"splits.test_subjects=62 \(.*\): the manifest has only 62 labelled subjects. Set "
+    too_many = r"a test set of 62 subjects: the manifest has only 62 labelled subjects. Set "
     with pytest.raises(SplitError, match=too_many):
         make_splits(labelled_table(), folds=3, test_subjects=62)
     with pytest.raises(SplitError, match="splits.test_subjects must be null or a whole"):

@@ -16,19 +16,20 @@ from benchmark.results import read_json
 
 # One label fraction keeps the grid small: 2 folds x (finetune, linear) cells.
 ONE_FRACTION = "splits.fractions=[1.0]"
+ONE_SEED = "splits.seeds=[0]"
 
 
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("logged-run")
-    main(["run", "--profile", "smoke", "--methods", "simclr", "--out", str(out), ONE_FRACTION,
+    main(["run", "--profile", "smoke", "--methods", "simclr", "--out", str(out), ONE_FRACTION, ONE_SEED,
           "finetune.protocols=[finetune,linear]", "runtime.logger=csv"])  # fmt: skip
     return out
 
 
 def run_external(out, encoder, *arguments):
     main(["run", "--profile", "smoke", "--methods", "external", "--out", str(out), *arguments,
-          ONE_FRACTION, "finetune.protocols=[linear]", f"finetune.encoder={encoder}"])  # fmt: skip
+          ONE_FRACTION, ONE_SEED, "finetune.protocols=[linear]", f"finetune.encoder={encoder}"])  # fmt: skip
 
 
 def linear_cell(out, method, fold):
@@ -37,7 +38,7 @@ def linear_cell(out, method, fold):
 
 @pytest.mark.slow
 def test_csv_logger_writes_lightnings_metrics_of_pretraining_and_fine_tuning(logged_run):
-    unit = logged_run / "pretrain" / "simclr"
+    unit = logged_run / "pretrain" / "simclr" / "seed0"
     # Lightning writes validation and training values of an epoch as two rows.
     metrics = pd.read_csv(unit / "logs" / "version_0" / "metrics.csv").groupby("epoch").first()
     losses = pd.read_csv(unit / "losses.csv")
@@ -83,7 +84,9 @@ def test_an_exported_encoder_evaluated_as_external_gives_the_methods_own_numbers
 
     # A changed file is another encoder: its cells' hash changes, so they are computed again.
     before = linear_cell(out, "external", 0)
-    state = torch.load(logged_run / "pretrain" / "simclr" / "encoder.pt", weights_only=True)
+    state = torch.load(
+        logged_run / "pretrain" / "simclr" / "seed0" / "encoder.pt", weights_only=True
+    )
     changed = ResNet18(stage_widths(0.125))
     changed.load_state_dict({k: v.flip(0) if v.dim() else v for k, v in state.items()})
     save_encoder_safetensors(changed, shared / "model.safetensors")
@@ -101,7 +104,7 @@ def test_a_pickle_from_outside_the_run_folder_is_refused_unless_allowed(
     logged_run, tmp_path, capsys
 ):
     outside = tmp_path / "encoder.pt"
-    shutil.copy(logged_run / "pretrain" / "simclr" / "encoder.pt", outside)
+    shutil.copy(logged_run / "pretrain" / "simclr" / "seed0" / "encoder.pt", outside)
     with pytest.raises(SystemExit):
         run_external(tmp_path / "run", outside)
     error = capsys.readouterr().err
@@ -113,7 +116,7 @@ def test_a_pickle_from_outside_the_run_folder_is_refused_unless_allowed(
         return read_shared_encoder(cfg, out)
 
     assert check(outside, tmp_path / "run", "finetune.allow_pickle=true").widths == (8, 16, 32, 64)
-    inside = logged_run / "pretrain" / "simclr" / "encoder.pt"
+    inside = logged_run / "pretrain" / "simclr" / "seed0" / "encoder.pt"
     assert check(inside, logged_run).widths == (8, 16, 32, 64)  # the run's own file
 
 

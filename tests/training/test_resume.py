@@ -13,7 +13,6 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from benchmark.nn.backbone import load_encoder
 from benchmark.training.runtime import epoch_checkpoints
 
 pytestmark = pytest.mark.slow
@@ -29,7 +28,7 @@ def _command(out: Path, method: str, settings: list[str]) -> list[str]:
 
 
 def _encoder(out: Path, method: str) -> dict[str, torch.Tensor]:
-    return load_encoder(out / "pretrain" / method / "seed0" / "encoder.pt").state_dict()
+    return torch.load(out / "pretrain" / method / "seed0" / "encoder.pt", weights_only=True)
 
 
 @pytest.mark.parametrize(
@@ -60,9 +59,10 @@ def test_a_killed_pretraining_resumes_to_the_uninterrupted_encoder(tmp_path, met
     assert resumed.returncode == 0, resumed.stderr
 
     record = json.loads((killed / "pretrain" / method / "seed0" / "pretrain.json").read_text())
-    assert record["resumed_at_epoch"] >= 2  # lost at most the epoch in progress
+    # Killed after the loss row of epoch 1: at worst between that row and epoch 1's checkpoint.
+    assert record["resumed_at_epoch"] >= 1
     cell = next((killed / "cells" / method).rglob("*.json"))
-    assert json.loads(cell.read_text())["pretraining"]["resumed_at_epoch"] >= 2
+    assert json.loads(cell.read_text())["pretraining"]["resumed_at_epoch"] >= 1
     expected = _encoder(whole, method)
     for name, tensor in _encoder(killed, method).items():
         assert torch.equal(tensor, expected[name]), name
