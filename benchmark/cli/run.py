@@ -51,6 +51,14 @@ def command_run(args: argparse.Namespace) -> None:
         print(f"note: {note}")
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if report.failed:
+        print(
+            f"error: {report.failed} cell(s) failed (report.md, section Cells, names the first "
+            f"error of each protocol; run.log has every one); `ssl3d run --out {out}` again "
+            "retries them",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 def command_report(args: argparse.Namespace) -> None:

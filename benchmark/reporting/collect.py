@@ -76,6 +76,54 @@ class RunResults:
         return presets
 
 
+def cell_problem(record: Any, path: Path) -> str | None:
+    """Why a cell file cannot be used (None when it can): not a mapping, a missing or mistyped
+    key field, another grid position than its path's, an unknown status, or a finished cell
+    without its metrics."""
+    if not isinstance(record, dict):
+        return "it is not a cell record"
+    missing = [key for key in KEY if key not in record]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    try:
+        key = cell_key(record)
+    except (TypeError, ValueError):
+        return "its method, protocol, fraction, fold or seed has the wrong type"
+    expected = (path.parts[-5], path.parts[-4], path.parts[-3], path.parts[-2], path.stem)
+    found = (key[0], key[1], f"f{key[2]:g}", f"fold{key[3]}", f"seed{key[4]}")
+    if found != expected:
+        return f"it records the cell {'/'.join(found)}, not the one its path names"
+    status = record.get("status")
+    if status not in ("done", "failed"):
+        return f"its status is {status!r}, not done or failed"
+    metrics = record.get("metrics")
+    if status == "done" and not (
+        isinstance(metrics, dict) and isinstance(metrics.get("auprc"), (int, float))
+    ):
+        return "it says done but holds no AUPRC"
+    return None
+
+
+def cell_status(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per protocol: cells done, failed and missing, and the first failure's error line."""
+    rows = []
+    for protocol, group in cells.groupby("protocol", sort=False):
+        counts = group["status"].value_counts()
+        failed = group[group["status"] == "failed"]
+        errors = failed["error"].dropna() if "error" in failed else pd.Series(dtype=str)
+        rows.append(
+            {
+                "protocol": protocol,
+                "planned": len(group),
+                "done": int(counts.get("done", 0)),
+                "failed": int(counts.get("failed", 0)),
+                "missing": int(counts.get("missing", 0)),
+                "first_error": str(errors.iloc[0]).splitlines()[0] if len(errors) else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def cell_key(record: dict[str, Any]) -> tuple:
     return (
         str(record["method"]),
@@ -87,13 +135,18 @@ def cell_key(record: dict[str, Any]) -> tuple:
 
 
 def collect(out: Path) -> RunResults:
-    """Read and check every cell of ``out``; add the expected cells that have no file."""
+    """Read and check every cell of ``out``; add the expected cells that have no file.
+
+    A cell file is used only when it is a cell record (``cell_problem``) of the grid position
+    its path names, so a file copied into another cell's place is not counted twice; every file
+    set aside is named in the notes and its cell counted as missing."""
     out = Path(out)
     records, notes = [], []
     for path in sorted((out / "cells").glob("*/*/*/*/*.json")):
         record = read_json(path)
-        if record is None or not all(k in record for k in KEY):
-            notes.append(f"{path.relative_to(out)} is not a readable cell file; counted as missing")
+        problem = "it is not readable JSON" if record is None else cell_problem(record, path)
+        if problem:
+            notes.append(f"rejected {path.relative_to(out)}: {problem}; counted as missing")
             continue
         record["path"] = str(path.relative_to(out))
         records.append(record)

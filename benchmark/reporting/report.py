@@ -31,7 +31,7 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.evaluation.protocols import PROTOCOLS
 from benchmark.reporting import figures, tables
-from benchmark.reporting.collect import RunResults, collect
+from benchmark.reporting.collect import RunResults, cell_status, collect
 from benchmark.reporting.pooling import evaluation_design, pooled_auprc, pooled_predictions
 from benchmark.reporting.ranks import draw_critical_difference, rank_tests, ranks_frame
 from benchmark.reporting.statistics import resamples_for_family
@@ -80,6 +80,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)  # the chosen metric's table per format
     warnings: list[str] = field(default_factory=list)  # shown first in report.md and printed
+    failed: int = 0  # cells that ran and failed (``ssl3d run`` exits non-zero when any did)
 
 
 @dataclass
@@ -406,12 +407,27 @@ def write_report(
         raise EmptyReportError(
             f"{out} holds no cell files under cells/; run `ssl3d run --out {out}` first"
         )
+    status = cell_status(results.cells)
     if results.done.empty:
+        errors = [e for e in status["first_error"] if e]
+        first = f"; the first error: {errors[0]}" if errors else ""
         raise EmptyReportError(
-            f"{out}: no cell has finished ({len(results.cells)} failed or missing); see run.log"
+            f"{out}: no cell has finished ({len(results.cells)} failed or missing){first}; "
+            "see run.log"
         )
     notes = list(results.notes)
     warnings = [text for text in [mixed_versions_warning(results.records.values())] if text]
+    for row in status.itertuples():
+        if row.done == 0:
+            what = (
+                f"all {row.planned} cells failed"
+                if row.failed == row.planned
+                else (f"no cell finished ({row.failed} failed, {row.missing} missing)")
+            )
+            warnings.append(
+                f"protocol {row.protocol}: {what}"
+                + (f": {row.first_error}" if row.first_error else "")
+            )
     reference = _check_reference(results.cells, reference)
     if reference is None:
         notes.append("no reference method (residual or scratch) finished: no paired tests")
@@ -536,9 +552,11 @@ def write_report(
         headline[metric][0], headline[metric][1], results, test_set, pathology, localisation,
         losses, protocols, chosen, metric, reference, styles, context, out,
     )  # fmt: skip
+    markdown["cells"] = _status_markdown(status)
     files.append(_write_overview(out, verdict, markdown, notes, files, warnings))
+    failed = int(status["failed"].sum())
     texts = headline[metric][2]
-    return Report(summary, texts["md"], files, notes, texts, warnings)
+    return Report(summary, texts["md"], files, notes, texts, warnings, failed)
 
 
 def _write_ranks(
@@ -831,6 +849,22 @@ def _at(table: pd.DataFrame, protocol: str, fraction: float) -> pd.DataFrame:
     return table[(table["protocol"] == protocol) & (table["fraction"] == fraction)]
 
 
+def _status_markdown(status: pd.DataFrame) -> str:
+    """Every planned cell per protocol: done, failed (with the first error) or missing (not run,
+    still running, or a file the report set aside: see the notes)."""
+    lines = [
+        "| protocol | planned | done | failed | missing | first error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in status.itertuples():
+        error = row.first_error.replace("|", "\\|")
+        lines.append(
+            f"| {row.protocol} | {row.planned} | {row.done} | {row.failed} | {row.missing} | "
+            f"{error} |"
+        )
+    return "\n".join(lines)
+
+
 def _write_overview(
     out: Path,
     verdict: str,
@@ -851,6 +885,7 @@ def _write_overview(
         "localisation": "Localisation",
         "tuning": "Tuning budget (ssl3d tune)",
         "ranks": "Ranks across the label fractions",
+        "cells": "Cells: every planned cell, done, failed or missing",
         "pretraining": "Pretraining budget (equal steps; extra stages are a method's extra cost)",
     }
     for name, text in markdown.items():

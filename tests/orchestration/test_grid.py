@@ -151,26 +151,30 @@ def test_the_code_version_names_the_commit_of_a_checkout_and_never_fails_without
 
 
 def test_a_nonfinite_pretraining_fails_its_cells_and_the_grid_goes_on(tmp_path, capsys):
-    main(
-        [
-            "run",
-            "--profile",
-            "smoke",
-            "--methods",
-            "scratch,simclr",
-            "--out",
-            str(tmp_path),
-            "splits.fractions=[1.0]",
-            "method.simclr.pretrain.lr=1e30",
-        ]
-    )
+    with pytest.raises(SystemExit) as status:
+        main(
+            [
+                "run",
+                "--profile",
+                "smoke",
+                "--methods",
+                "scratch,simclr",
+                "--out",
+                str(tmp_path),
+                "splits.fractions=[1.0]",
+                "method.simclr.pretrain.lr=1e30",
+            ]
+        )
+    assert status.value.code == 1  # the report is written, and the exit says cells failed
     cells = {(c["method"], c["fold"]): c for c in read_cells(tmp_path)}
     assert all(c["status"] == "done" for (m, _), c in cells.items() if m == "scratch")
     failed = [c for (m, _), c in cells.items() if m == "simclr"]
     assert failed and all(c["status"] == "failed" for c in failed)
     assert "NonFiniteLossError" in failed[0]["error"]
     assert "| simclr | failed |" in (tmp_path / "tables" / "auprc.md").read_text()
-    assert "AUPRC" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "AUPRC" in printed.out
+    assert f"error: {len(failed)} cell(s) failed" in printed.err
 
 
 def test_without_unlabelled_rows_pretraining_uses_labelled_training_images(tmp_path):

@@ -1,6 +1,7 @@
 """The report: tables, statistics and figures from cell files, including bad input."""
 
 import itertools
+import json
 import shutil
 import subprocess
 
@@ -273,7 +274,7 @@ def test_missing_and_failed_cells_are_shown_as_such_and_absent_sections_say_why(
     row = next(line for line in report.markdown.splitlines() if line.startswith("| simclr"))
     assert "(1 missing)" in row and row.endswith("| failed/missing |")
     notes = " ".join(report.notes)
-    assert "seed0.json is not a readable cell file" in notes
+    assert "seed0.json: it is not readable JSON; counted as missing" in notes
     assert "records no pathologies" in notes and "localisation skipped" in notes
     assert not (tmp_path / "tables" / "pathology.csv").exists()
     assert "## Notes" in (tmp_path / "report.md").read_text()
@@ -450,3 +451,55 @@ def test_every_caption_states_the_fixed_test_size(perfect_vs_random):
         text = (perfect_vs_random / "tables" / f"{name}.md").read_text()
         assert text.count(size) == text.count("Backbone") > 0, name
     assert not (perfect_vs_random / "tables" / "pooled_auprc.md").exists()
+
+
+def test_every_planned_cell_is_accounted_for_and_bad_cell_files_are_set_aside(tmp_path):
+    _run_yaml(tmp_path, ["scratch", "simclr"])
+    for fraction in (0.5, 1.0):
+        for fold in range(2):
+            _write_cell(tmp_path, "scratch", fraction, fold, 0.6)
+    _write_cell(tmp_path, "simclr", 0.5, 0, 0.7)
+    copied = Cell("simclr", "finetune", 0.5, 1, 0).path(tmp_path)  # fold 0's file in fold 1
+    copied.parent.mkdir(parents=True)
+    copied.write_bytes(Cell("simclr", "finetune", 0.5, 0, 0).path(tmp_path).read_bytes())
+    _write_cell(tmp_path, "simclr", 1.0, 0, None, status="failed")
+    hollow = Cell("simclr", "finetune", 1.0, 1, 0).path(tmp_path)
+    write_json_atomic(hollow, {**json.loads(copied.read_text()), "fraction": 1.0, "fold": 1})
+    record = json.loads(hollow.read_text())
+    del record["metrics"]
+    write_json_atomic(hollow, record)
+
+    report = write_report(tmp_path, replicates=50)
+    notes = " ".join(report.notes)
+    assert "f0.5/fold1/seed0.json: it records the cell simclr/finetune/f0.5/fold0/seed0" in notes
+    assert "f1/fold1/seed0.json: it says done but holds no AUPRC" in notes
+    table = pd.read_csv(tmp_path / "tables" / "auprc.csv").set_index(["method", "fraction"])
+    assert table.loc[("simclr", 0.5), ["n", "missing"]].tolist() == [1, 1]  # not counted twice
+    assert report.failed == 1
+    text = (tmp_path / "report.md").read_text()
+    assert "## Cells: every planned cell, done, failed or missing" in text
+    assert "| finetune | 8 | 5 | 1 | 2 | pretraining failed: NonFiniteLossError |" in text
+
+
+def test_a_protocol_whose_every_cell_failed_stays_in_the_report(tmp_path):
+    _run_yaml(tmp_path, ["scratch"], fractions=(1.0,))
+    OmegaConf.save(
+        {
+            "methods": ["scratch"],
+            "finetune": {"protocols": ["finetune", "knn"]},
+            "splits": {"fractions": [1.0], "folds": 2, "seeds": [0]},
+        },
+        tmp_path / "run.yaml",
+    )
+    for fold in range(2):
+        _write_cell(tmp_path, "scratch", 1.0, fold, 0.6)
+        failed = {"method": "scratch", "protocol": "knn", "fraction": 1.0, "fold": fold}
+        failed.update(seed=0, status="failed", error="knn failed: ValueError: k > samples\n...")
+        write_json_atomic(Cell("scratch", "knn", 1.0, fold, 0).path(tmp_path), failed)
+    report = write_report(tmp_path, replicates=50)
+    assert report.warnings == [
+        "protocol knn: all 2 cells failed: knn failed: ValueError: k > samples"
+    ]
+    assert report.failed == 2
+    text = (tmp_path / "report.md").read_text()
+    assert "protocol knn: all 2 cells failed" in text.split("## Cells")[0]  # in the warnings
