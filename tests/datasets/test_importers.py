@@ -57,8 +57,8 @@ def make_medmnist(path, classes=3, counts=(16, 8, 8)):
 
 
 def round_trip(manifest, out, *settings):
-    """`ssl3d data check` passes and a smoke run finishes on the manifest."""
-    main(["data", "check", str(manifest)])  # exits with status 1 on any problem
+    """`ssl3d data check` passes and a smoke run finishes on the manifest (the same settings)."""
+    main(["data", "check", str(manifest), *SMOKE_RUN[:2], *settings])  # status 1 on a problem
     run = ["run", *SMOKE_RUN, "--data", str(manifest), "--out", str(out)]
     main([*run, "finetune.protocols=[linear]", *settings])
     cells = list((out / "cells").rglob("*.json"))
