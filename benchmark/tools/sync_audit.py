@@ -12,7 +12,7 @@ them on the CPU, where nothing is on a GPU, by following which tensors *would* b
   module's ``self.device``) is one too: a ``TorchFunctionMode`` marks those ``torch.device``
   objects as they are read. Host tensors (view parameters drawn from the CPU generator,
   optimiser step counters) stay host tensors, so reading them is no finding, as on CUDA.
-* **Findings**, each with the first line of ``benchmark/`` or ``methods/`` on the stack:
+* **Findings**, each with the innermost line of this repository on the stack:
   ``scalar read`` (``aten._local_scalar_dense``: ``.item()``, ``float(t)``, ``bool(t)``,
   ``if t``) of a device tensor; ``data-dependent shape`` (``nonzero``, ``masked_select``,
   ``unique``, boolean-mask indexing, ``repeat_interleave`` without ``output_size``,
@@ -76,11 +76,17 @@ MASK_INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.defa
 FACTORIES_FROM_DATA = {torch.tensor, torch.as_tensor}
 HOST_READS = {Tensor.numpy, Tensor.tolist, Tensor.__array__}
 
-_THIS_FILE = Path(__file__).resolve()
-_PROJECT_ROOTS = tuple(
-    {str(root) for path in (Path(benchmark.__file__).parent,) for root in (path, path.resolve())}
-    | {str((Path(benchmark.__file__).parent / "methods").resolve())}
-)
+# The audit's own modules (this one and the step-cost tracker that runs inside it).
+_TOOL_FILES = {
+    str(Path(__file__).resolve().with_name(name)) for name in ("sync_audit.py", "step_cost.py")
+}
+_REPOSITORY = Path(benchmark.__file__).resolve().parent.parent
+
+
+def _in_project(filename: str) -> bool:
+    """A file of this repository (benchmark/, methods/, tests/...), not an installed package."""
+    path = Path(filename).resolve()
+    return path.is_relative_to(_REPOSITORY) and "site-packages" not in path.parts
 
 
 @dataclass(frozen=True)
@@ -98,14 +104,13 @@ class Finding:
 
 
 def _caller() -> tuple[str, str]:
-    """``path:line`` and source of the innermost frame in benchmark/ or methods/ (this module
-    aside); without one, the innermost frame outside torch (Lightning's, say)."""
+    """``path:line`` and source of the innermost frame of this repository (the audit aside);
+    without one, the innermost frame outside torch (Lightning's, say)."""
     frame, fallback = sys._getframe(2), None
     while frame is not None:
         filename = frame.f_code.co_filename
-        resolved = str(Path(filename).resolve())
-        if resolved != str(_THIS_FILE):
-            if filename.startswith(_PROJECT_ROOTS) or resolved.startswith(_PROJECT_ROOTS):
+        if str(Path(filename).resolve()) not in _TOOL_FILES:
+            if _in_project(filename):
                 break
             if fallback is None and "/torch/" not in filename:
                 fallback = frame
@@ -114,11 +119,8 @@ def _caller() -> tuple[str, str]:
     if frame is None:
         return "?", ""
     code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
-    root = Path(benchmark.__file__).parent.parent
-    try:
-        where = str(Path(frame.f_code.co_filename).relative_to(root))
-    except ValueError:
-        where = frame.f_code.co_filename
+    path = Path(frame.f_code.co_filename)
+    where = str(path.relative_to(_REPOSITORY)) if _in_project(str(path)) else str(path)
     return f"{where}:{frame.f_lineno}", code
 
 
@@ -389,8 +391,9 @@ def finetuning_classifier(cfg: DictConfig, labels: Tensor, seed: int = 0) -> Cla
 def audit_finetuning(perf, steps: int = 3) -> AuditResult:
     """The audit of ``steps`` fine-tuning steps on the perf phantom's labelled volumes."""
     cfg, data = perf.cfg, perf.data
-    batch_size = int(cfg.finetune.batch_size)
-    rows = data.training_rows(0, 0, 1.0)[: steps * batch_size]
+    rows = data.training_rows(0, 0, 1.0)
+    batch_size = min(int(cfg.finetune.batch_size), max(2, len(rows) // steps))
+    rows = rows[: steps * batch_size]
     labels = data.labels(rows)
     audit = StepAudit()
     dataset = TensorBatches(image=data.images(rows), label=labels)
