@@ -104,16 +104,19 @@ class Finding:
 
 
 def _caller() -> tuple[str, str]:
-    """``path:line`` and source of the innermost frame of this repository (the audit aside);
-    without one, the innermost frame outside torch (Lightning's, say)."""
+    """``path:line`` and source of the innermost frame of this repository; without one below
+    the audit's own call of the fit, the innermost frame outside torch (Lightning's, say)."""
     frame, fallback = sys._getframe(2), None
     while frame is not None:
         filename = frame.f_code.co_filename
-        if str(Path(filename).resolve()) not in _TOOL_FILES:
-            if _in_project(filename):
+        if str(Path(filename).resolve()) in _TOOL_FILES:
+            if fallback is not None:  # the audit's trainer.fit: the rest is its caller
+                frame = None
                 break
-            if fallback is None and "/torch/" not in filename:
-                fallback = frame
+        elif _in_project(filename):
+            break
+        elif fallback is None and "/torch/" not in filename:
+            fallback = frame
         frame = frame.f_back
     frame = frame or fallback
     if frame is None:
