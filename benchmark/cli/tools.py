@@ -10,6 +10,22 @@ from benchmark.cli.arguments import add_settings_arguments, comma_list
 
 
 def command_perf(args: argparse.Namespace) -> None:
+    if args.audit:
+        from benchmark.tools.audit import run_audit
+
+        print(
+            run_audit(
+                args.profile,
+                comma_list(args.methods) if args.methods else None,
+                list(args.overrides),
+                json_path=Path(args.json) if args.json else None,
+                gpus=args.gpu_memory,
+                estimate_gpu=args.gpu if args.estimate else None,
+                mfu=args.mfu,
+                cache=Path(args.cache),
+            )
+        )
+        return
     from benchmark.tools.perf import run_perf
 
     print(
@@ -51,6 +67,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--json", help="also write the measurements to this JSON file")
     perf.add_argument("--estimate", action="store_true", help="estimate the paper grid's wall time")
     perf.add_argument("--cache", default="results/perf", help="where the perf phantom is kept")
+    perf.add_argument(
+        "--audit",
+        action="store_true",
+        help="on the CPU: FLOPs, peak memory, largest batch per GPU and the sync audit per method",
+    )
+    perf.add_argument(
+        "--gpu-memory", default="80,141", help="with --audit: GPU memories in GB or names (H100)"
+    )
+    perf.add_argument(
+        "--gpu", default="H100", help="with --audit --estimate: a GPU name or its peak TFLOP/s"
+    )
+    perf.add_argument(
+        "--mfu", type=float, default=0.35, help="with --audit --estimate: the assumed MFU"
+    )
     perf.set_defaults(handler=command_perf)
 
     export = commands.add_parser(

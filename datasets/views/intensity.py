@@ -101,10 +101,15 @@ def gaussian_blur(volumes: Tensor, sigma: Tensor, inplace: bool = False) -> Tens
     blur does not depend on the other samples of its batch.
     """
 
-    def change(rows: Tensor, sigma: Tensor) -> Tensor:
-        sigma = sigma.flatten().to("cpu", torch.float64)
+    # The blurred samples' sigmas read on the host, where they were drawn: `_change_rows` hands
+    # `change` the same values (rounded to float32) moved to the device, and reading those back
+    # would wait for the GPU (the sync audit, benchmark/tools/sync_audit.py, found it).
+    host_sigma = _per_sample(sigma, volumes.shape[0])
+    blurred_sigma = host_sigma[host_sigma != 0.0].float().to(torch.float64)
+
+    def change(rows: Tensor, sigma_on_device: Tensor) -> Tensor:
         weights = [
-            to_device(gaussian_blur_weights(size, sigma).float(), rows.device)
+            to_device(gaussian_blur_weights(size, blurred_sigma).float(), rows.device)
             for size in rows.shape[2:]
         ]
         return along_axes(rows, weights)
