@@ -50,6 +50,15 @@ class EpochShuffle(Sampler[int]):
         return self.length // self.world_size
 
 
+def set_loader_epoch(loader: object, epoch: int) -> None:
+    """Set the epoch of the ``EpochShuffle`` inside a loader from ``batch_loader`` (others are
+    left alone)."""
+    for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        for candidate in (sampler, getattr(sampler, "sampler", None)):
+            if isinstance(candidate, EpochShuffle):
+                candidate.set_epoch(epoch)
+
+
 class NoSingletonBatches(BatchSampler):
     """Fixed-size batches where a last batch of one joins the batch before it.
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping
 from torch import Tensor, nn
 
-from benchmark.datasets.batches import TensorBatches, batch_loader
+from benchmark.datasets.batches import TensorBatches, batch_loader, set_loader_epoch
 from benchmark.datasets.views import Views
 from benchmark.evaluation.localisation import check_stage, localise
 from benchmark.evaluation.scoring import NonFiniteScoresError, score_cell
@@ -38,6 +38,7 @@ from benchmark.training.runtime import (
     prepare_module,
     resolve_device,
     resume_checkpoint,
+    resumed_epoch,
     training_logger,
 )
 
@@ -163,6 +164,8 @@ def run_finetune(
     )
     restart = f"Delete {workdir} to fine-tune {cell.title} again from its first epoch."
     last = resume_checkpoint(workdir, restart)
+    if last is not None:
+        set_loader_epoch(train_loader, resumed_epoch(last))
     trainer.fit(model, train_loader, val_loader, ckpt_path=last, weights_only=True)
     if not best_keeper.best_model_path:
         raise NonFiniteScoresError(

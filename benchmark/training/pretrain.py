@@ -42,7 +42,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from benchmark.config import ConfigError, config_hash, method_hparams, pretraining_settings
 from benchmark.context import PretrainingContext, PretrainingUnit
-from benchmark.datasets.batches import TensorBatches, batch_loader
+from benchmark.datasets.batches import TensorBatches, batch_loader, set_loader_epoch
 from benchmark.errors import RuntimeSettingError, UserError
 from benchmark.method import SSLMethod
 from benchmark.nn.backbone import ResNet18, load_encoder, save_encoder, stage_widths
@@ -59,6 +59,7 @@ from benchmark.training.runtime import (
     process_ranks,
     resolve_device,
     resume_checkpoint,
+    resumed_epoch,
     training_device,
     training_logger,
 )
@@ -296,6 +297,7 @@ def run_pretraining(
     last = resume_checkpoint(checkpoints, _restart(unit, checkpoints))
     if last is not None:
         log(f"{unit.title}: resuming from {last}")
+        set_loader_epoch(train_loader, resumed_epoch(last))
     trainer.fit(method, train_loader, val_loader, ckpt_path=last, weights_only=True)
     if ranks.is_main:
         record["resumed_at_epoch"] = loss_table.resumed_at_epoch

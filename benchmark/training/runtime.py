@@ -27,6 +27,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
+from benchmark.datasets.batches import set_loader_epoch
 from benchmark.errors import RuntimeSettingError
 from benchmark.nn.backbone import ResNet18
 from benchmark.results import UnloadableFileError, load_plain, require_inside
@@ -239,6 +240,27 @@ def training_logger(runtime: DictConfig, folder: Path, title: str) -> Logger | b
     return False
 
 
+class SamplerEpoch(pl.Callback):
+    """Tells the training batches' sampler the epoch about to run (``trainer.current_epoch``).
+
+    Lightning passes its own count of processed epochs, which a checkpoint written at an
+    epoch's end restores one short: a resumed run would replay the previous epoch's order of
+    volumes. A resumed fit also draws its first epoch's batches before any epoch hook, so the
+    caller sets that epoch itself (``resumed_epoch``). The order then depends only on (seed,
+    epoch), resumed or not."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        set_loader_epoch(trainer.train_dataloader, trainer.current_epoch)
+
+
+def resumed_epoch(checkpoint: Path) -> int:
+    """The epoch a training resumed from ``checkpoint`` (written at an epoch's end) runs first."""
+    return (
+        int(load_plain(checkpoint, f"Delete {checkpoint} to train from the first epoch.")["epoch"])
+        + 1
+    )
+
+
 class LastCheckpoint(Checkpoint):
     """``last.ckpt`` at the end of every training epoch, whatever the validation loss does and
     with no validation at all, so a killed training resumes at its last finished epoch.
@@ -379,7 +401,7 @@ def make_trainer(
         precision=resolve_precision(runtime, device),
         max_epochs=max_epochs,
         max_steps=max_steps,
-        callbacks=callbacks,
+        callbacks=[SamplerEpoch(), *callbacks],
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         default_root_dir=checkpoint_dir,
         logger=logger,
