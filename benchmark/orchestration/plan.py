@@ -148,7 +148,12 @@ def describe_difference(out: Path, cfg: DictConfig, conflicts: list[str]) -> str
     previous = out / "run.yaml"
     if not previous.exists():
         return said
-    old = OmegaConf.to_container(OmegaConf.load(previous), resolve=True)
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(previous), resolve=True)
+    except Exception:  # a run.yaml cut short by an older version, or edited by hand
+        return said + f" ({previous} cannot be read, so the changed settings are unknown.)"
+    if not isinstance(old, dict):
+        return said
     new = OmegaConf.to_container(cfg, resolve=True)
     old, new = dict(setting_leaves(old)), dict(setting_leaves(new))
     changed = [key for key in new if old.get(key) != new[key]]

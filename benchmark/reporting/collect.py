@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -170,10 +171,15 @@ def _run_settings(out: Path, notes: list[str]) -> dict[str, Any] | None:
         notes.append("no run.yaml: the expected grid is unknown, so missing cells are not shown")
         return None
     try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except OmegaConfBaseException as error:
-        notes.append(f"run.yaml could not be read ({error}); missing cells are not shown")
+        settings = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0]
+        notes.append(f"run.yaml could not be read ({first}); missing cells are not shown")
         return None
+    if not isinstance(settings, dict):
+        notes.append("run.yaml holds no settings; missing cells are not shown")
+        return None
+    return settings
 
 
 def _missing_cells(

@@ -503,3 +503,13 @@ def test_a_protocol_whose_every_cell_failed_stays_in_the_report(tmp_path):
     assert report.failed == 2
     text = (tmp_path / "report.md").read_text()
     assert "protocol knn: all 2 cells failed" in text.split("## Cells")[0]  # in the warnings
+
+
+def test_a_half_written_run_yaml_is_a_note_not_a_traceback(tmp_path):
+    _run_yaml(tmp_path, ["scratch"])
+    for fraction in (0.5, 1.0):
+        for fold in range(2):
+            _write_cell(tmp_path, "scratch", fraction, fold, 0.6)
+    (tmp_path / "run.yaml").write_text("methods: [scratch\nsplits: {folds")  # cut short
+    report = write_report(tmp_path, replicates=50)
+    assert any(note.startswith("run.yaml could not be read") for note in report.notes)
