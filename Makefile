@@ -6,7 +6,7 @@ SSL3D := $(BIN)/ssl3d
 OUT ?= results/benchmark
 ARGS ?=
 
-.PHONY: setup benchmark test report perf lint lock clean
+.PHONY: setup benchmark test report perf gpu-check lint lock clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ report: setup
 
 perf: setup
 	$(SSL3D) perf $(ARGS)
+
+# On a CUDA machine, at most about 10 minutes: sync debug mode on every method's step, perf at the
+# paper size, compile vs eager, the FLOP estimate; one report in gpu-check/. Without a GPU: a note.
+gpu-check: setup
+	$(BIN)/python -m benchmark.tools.gpu_check --out gpu-check $(ARGS)
 
 # import-linter reads the package as it is installed (methods/ and datasets/ inside benchmark/),
 # so the layers contract in setup.cfg is checked on a throw-away install under build/lint.

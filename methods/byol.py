@@ -41,6 +41,7 @@ class BYOL(TwoViewMethod):
         self.prediction = BYOLPredictionHead(output, settings.prediction_hidden_dim, output)
         self.target = MomentumCopy(self, ["backbone", "projection"])
         self.criterion = NegativeCosineSimilarity()
+        self.last_momentum = settings.momentum_start
 
     @property
     def encoder(self) -> ResNet18:
@@ -60,6 +61,10 @@ class BYOL(TwoViewMethod):
 
     def on_train_batch_end(self, outputs, batch, batch_index) -> None:
         start, end = self.settings.momentum_start, self.settings.momentum_end
-        momentum = scheduled_momentum(self, start, end)
-        self.target.update_from(self, momentum)
-        self.log("train_momentum", momentum, on_step=False, on_epoch=True)
+        self.last_momentum = scheduled_momentum(self, start, end)
+        self.target.update_from(self, self.last_momentum)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        # Once per epoch: Lightning copies a logged Python float to the device, a host sync.
+        self.log("train_momentum", self.last_momentum)

@@ -1,12 +1,13 @@
 """MoCo v2 on the shared 3D ResNet18."""
 
 import torch
-from lightly.loss import NTXentLoss
+import torch.nn.functional as F
 from lightly.models.modules import MoCoProjectionHead
 from torch import Tensor
 
 from benchmark.errors import MethodConfigError
 from benchmark.method import TwoViewMethod
+from benchmark.nn.contrastive import KeyQueue, info_nce
 from benchmark.nn.momentum import MomentumCopy, check_momentum, scheduled_momentum
 from benchmark.nn.shuffled_batchnorm import check_groups, forward_in_groups, forward_shuffled
 from benchmark.registry import register_method
@@ -21,7 +22,8 @@ class MoCo(TwoViewMethod):
     Contrastive Learning" (MoCo v2), arXiv:2003.04297. The query encoder (backbone -> MLP) sees
     one view; its EMA copy (constant momentum) embeds the other as the positive key; InfoNCE
     contrasts it against the queue of the last ``queue_size`` keys, into which the batch's keys
-    are then pushed (lightly's ``NTXentLoss`` with a memory bank).
+    are then pushed (``benchmark.nn.contrastive``: lightly's ``NTXentLoss`` with a memory bank
+    in value and gradient, with fixed shapes and a device-side queue pointer: no host sync).
 
     Shuffled BatchNorm (section 3.3): as on MoCo's ``shuffle_bn_groups`` GPUs, queries are
     normalised per group of the batch and keys per group of a shuffled batch, so a query and
@@ -46,18 +48,9 @@ class MoCo(TwoViewMethod):
             backbone.feature_dim, settings.projection_hidden_dim, settings.projection_output_dim
         )
         self.target = MomentumCopy(self, ["backbone", "projection"])
-        # gather_distributed: under data-parallel training every rank pushes the keys of the
-        # whole batch, so each rank's queue is the one a single device would hold.
-        self.criterion = NTXentLoss(
-            temperature=settings.temperature,
-            memory_bank_size=(settings.queue_size, settings.projection_output_dim),
-            gather_distributed=True,
-        )
-        # lightly leaves the queue out of the state dict; keeping it there lets a resumed run
-        # continue with its queue instead of random keys.
-        queue = self.criterion.memory_bank
-        for name in ("bank", "bank_ptr"):
-            queue.register_buffer(name, getattr(queue, name), persistent=True)
+        # gather: under data-parallel training every rank pushes the keys of the whole batch.
+        self.queue = KeyQueue(settings.queue_size, settings.projection_output_dim, gather=True)
+        self.last_momentum = settings.momentum_start
 
     def check_settings(self, batch_size: int) -> None:
         super().check_settings(batch_size)
@@ -83,10 +76,13 @@ class MoCo(TwoViewMethod):
         queries = forward_in_groups([self.backbone, self.projection], self.project, first, groups)
         with torch.no_grad():
             keys = forward_shuffled([self.target], self.embed_keys, second, groups, self.rng)
-        return {
-            "loss": self.criterion(queries, keys),
-            "embedding_std": self.embedding_std(queries),
-        }
+        keys = F.normalize(keys, dim=1)
+        # a copy: the push below overwrites the queue the backward pass reads
+        negatives = self.queue.keys.clone()
+        loss = info_nce(F.normalize(queries, dim=1), keys, negatives, self.settings.temperature)
+        if self.training:
+            self.queue.push(keys)
+        return {"loss": loss, "embedding_std": self.embedding_std(queries)}
 
     def embed_keys(self, views: Tensor) -> Tensor:
         """The momentum encoder's keys ``[B, D]`` of views ``[B, 1, S, S, S]``."""
@@ -94,6 +90,10 @@ class MoCo(TwoViewMethod):
 
     def on_train_batch_end(self, outputs, batch, batch_index) -> None:
         start, end = self.settings.momentum_start, self.settings.momentum_end
-        momentum = scheduled_momentum(self, start, end)
-        self.target.update_from(self, momentum)
-        self.log("train_momentum", momentum, on_step=False, on_epoch=True)
+        self.last_momentum = scheduled_momentum(self, start, end)
+        self.target.update_from(self, self.last_momentum)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        # Once per epoch: Lightning copies a logged Python float to the device, a host sync.
+        self.log("train_momentum", self.last_momentum)

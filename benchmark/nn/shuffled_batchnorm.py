@@ -83,7 +83,8 @@ def forward_shuffled(
     encoder's side of shuffled BatchNorm). With one group nothing is drawn."""
     if group_count(len(batch), groups) == 1:
         return forward(batch)
-    order = torch.randperm(len(batch), generator=generator).to(batch.device)
+    # Asynchronous: a blocking copy to the GPU would make the host wait for the queued step.
+    order = torch.randperm(len(batch), generator=generator).to(batch.device, non_blocking=True)
     return forward_in_groups(modules, forward, batch, groups, order)
 
 

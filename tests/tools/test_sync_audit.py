@@ -13,13 +13,6 @@ from benchmark.tools.sync_audit import (
     audit_pretraining,
 )
 
-# Found by the audit and not fixed yet (their files belong to other work in progress): each
-# entry must fail the audit (strict), so a fix shows here. See docs/perf.md ("Sync audit").
-KNOWN_SYNCS = {
-    "simclr": "lightly's NTXentLoss drops the diagonal with a boolean mask (nonzero)",
-    "moco": "lightly's NTXentLoss with a memory bank reads a scalar back",
-    "byol": "self.log of the momentum, a Python float, copies it to the device every step",
-}
 PRETRAINED = [name for name in load_config("smoke").methods if get_method(name).needs_pretraining]
 
 
@@ -58,15 +51,7 @@ def test_scalar_reads_masks_and_host_copies_of_device_tensors_are_found_with_the
     assert all(f.where.startswith("tests/tools/test_sync_audit.py:") for f in recorder.findings)
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=KNOWN_SYNCS[m]))
-        if m in KNOWN_SYNCS
-        else m
-        for m in PRETRAINED
-    ],
-)
+@pytest.mark.parametrize("method", PRETRAINED)
 def test_no_pretraining_step_waits_for_the_device(perf, method):
     audit = audit_pretraining(perf, method, batch_size=4)
     assert not audit.in_steps, "\n".join(map(str, audit.in_steps))
