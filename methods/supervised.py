@@ -94,14 +94,20 @@ class Supervised(SSLMethod):
             f"({counts[1]} anomalous) from the {self.settings.labels}, {len(val)} for validation"
         )
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # Once on the training device: a step then gathers labels there (no host copy per step).
+        self.row_labels = self.row_labels.to(self.device)
+        self.class_weights = self.class_weights.to(self.device)
+
     def pretraining_rows(self, context: PretrainingContext) -> tuple[np.ndarray, np.ndarray]:
         """The labelled volumes ``prepare`` chose, not the unlabelled pool."""
         return self._rows
 
     def pretraining_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         view, _ = self.augment(batch["image"])
-        labels = self.row_labels.to(view.device)[batch["row"]]
+        labels = self.row_labels[batch["row"]]
         logits = self.head(self.backbone(view)).float()
-        loss = F.cross_entropy(logits, labels, weight=self.class_weights.to(view.device))
+        loss = F.cross_entropy(logits, labels, weight=self.class_weights)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "accuracy": accuracy}

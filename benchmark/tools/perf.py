@@ -214,7 +214,13 @@ def perf_data(cfg: DictConfig, cache: Path, count: int) -> PerfData:
         cfg,
         {
             "data": {"manifest": None, "splits": None},
-            "phantom": {"labelled": 24, "unlabelled": (count + 1) // 2, "seed": 0},
+            # 24 labelled subjects: the profile's sized test set is not perf's concern.
+            "phantom": {
+                "labelled": 24,
+                "unlabelled": (count + 1) // 2,
+                "seed": 0,
+                "test_subjects": None,
+            },
             "splits": {"folds": 2, "seeds": [0], "fractions": [1.0]},
         },
     )
