@@ -294,7 +294,10 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _step_flops(module, batch: dict[str, Tensor]) -> float:
-    """FLOPs of one training step's forward and backward (the optimiser step is negligible)."""
+    """FLOPs of one training step's forward and backward (the optimiser step is negligible).
+
+    Lightning moves a module back to the CPU when a fit ends: it goes to the batch's device."""
+    module.to(batch["image"].device)
     module.train()
     with FlopCounterMode(display=False) as counter:
         module.pretraining_loss(batch)["loss"].backward()
