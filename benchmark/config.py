@@ -246,7 +246,10 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "splits.test_mode": _one_of("fixed", "rotating"),
     "splits.test": (_number(0, 1, True, True), "a share of subjects between 0 and 1"),
     "splits.test_subjects": (lambda v: v is None or _whole(2)(v), "null or a count >= 2"),
-    "splits.folds": (_whole(2), "a whole number of folds >= 2"),
+    "splits.folds": (
+        _whole(1),
+        "a whole number of folds >= 1 (a split file of one fold, e.g. MedMNIST's official split; at least 2 to make splits)",
+    ),
     "splits.seeds": (_distinct(_whole(0)), "a non-empty list of distinct whole numbers >= 0"),
     "splits.fractions": (
         _distinct(_number(0, 1, low_open=True)),

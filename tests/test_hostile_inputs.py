@@ -16,7 +16,7 @@ RUN_SETTINGS = [
     (["data.on_bad_rows=maybe"], "'data.on_bad_rows' must be one of error, exclude; got 'maybe'"),
     (["splits.fractions=[a]"], "'splits.fractions' must be a non-empty list of distinct"),
     (["splits.fractions=[0.5,0.5]"], "'splits.fractions' must be a non-empty list of distinct"),
-    (["splits.folds=1"], "'splits.folds' must be a whole number of folds >= 2"),
+    (["splits.folds=0"], "'splits.folds' must be a whole number of folds >= 1"),
     (["splits.seeds=[]"], "'splits.seeds' must be a non-empty list"),
     (["pretrain.max_epochs=-1"], "'pretrain.max_epochs' must be a whole number of epochs >= 1"),
     (["pretrain.max_epochs=0"], "'pretrain.max_epochs' must be a whole number of epochs >= 1"),

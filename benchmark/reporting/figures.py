@@ -206,7 +206,7 @@ def loss_tables(out: Path) -> dict[str, list[pd.DataFrame]]:
     tables: dict[str, list[pd.DataFrame]] = {}
     for path in sorted((Path(out) / "pretrain").glob("*/**/losses.csv")):
         table = pd.read_csv(path)
-        if len(table) and "train_loss" in table:
+        if len(table) and "train_loss" in table and table["train_loss"].notna().any():
             method = path.relative_to(Path(out) / "pretrain").parts[0]
             tables.setdefault(method, []).append(table)
     return tables

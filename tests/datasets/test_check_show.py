@@ -32,7 +32,7 @@ def test_check_summarises_a_good_cohort(cohort_factory):
         "Voxel spacings (mm): (1.0, 1.0, 1.0) x9",
         "Centroids: 18 rows (stored voxels: x 6..17, y 8..8, z 8..8)",
         "Masks: 16 rows, 8 of them mark voxels",
-        "Splits: 2 test subjects, 2 fold(s) x 1 seed(s), label fractions 0.5, 1",
+        "Splits: 2 test subjects, 2 fold(s) x 2 seed(s), label fractions 0.5, 1",
         "No problems found.",
     ]:
         assert line in report.text.splitlines()

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from sklearn.metrics import average_precision_score
 from torch import nn
 
-from benchmark.config import load_config
+from benchmark.config import ConfigError, load_config
 from benchmark.evaluation.knn_probe import KnnProbeSettingError, run_knn
 from benchmark.evaluation.linear_probe import LinearProbeSettingError, run_linear
 from benchmark.evaluation.localisation import (
@@ -106,8 +106,14 @@ def test_a_random_encoder_is_fixed_per_seed_and_features_are_cached(smoke):
 def test_bad_protocol_settings_are_refused_when_the_grid_is_planned(
     smoke, tmp_path, override, error, message
 ):
+    """Refused when the settings are built (config.SETTING_RULES); settings changed after that
+    (programmatically) meet the protocol's own check when the grid is planned."""
     _, data = smoke
-    cfg = load_config("smoke", [override], methods=["scratch"])
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=f"'{key}' must be"):
+        load_config("smoke", [override], methods=["scratch"])
+    cfg = load_config("smoke", methods=["scratch"])
+    OmegaConf.update(cfg, key, OmegaConf.create(f"v: {value}").v, merge=False)
     with pytest.raises(error, match=message):
         plan_run(cfg, data, tmp_path)
 

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from benchmark.cli import main
 from benchmark.config import load_config
+from benchmark.registry import get_method
 from benchmark.reporting.tables import budget_markdown
 from benchmark.rundata import prepare_data
 from benchmark.studies.tuning import (
@@ -88,7 +89,7 @@ def test_every_pretrained_method_declares_a_search_space_and_integers_stay_integ
     cfg = load_config("smoke")
     for method in cfg.methods:
         space = search_space(cfg, method)
-        assert bool(space) == (method != "scratch"), method
+        assert bool(space) == get_method(method).needs_pretraining, method
     OmegaConf.set_struct(cfg, False)
     cfg.method.simsiam.search_space = [
         {"setting": "method.simsiam.prediction_hidden_dim", "low": 32, "high": 256}
