@@ -95,7 +95,7 @@ def test_ray_reproduces_the_local_executor(local_run, local_ray, tmp_path):
     assert len(local) == 16 and all(c["status"] == "done" for c in local.values())
     assert remote == local
     log = (tmp_path / "run.log").read_text()
-    assert "pretrained simclr in" in log and "[16/16]" in log
+    assert "pretrained simclr (seed 0) in" in log and "[16/16]" in log
 
     stamps = _stamps(tmp_path)
     run_grid(_config("ray"), tmp_path, quiet=True)
