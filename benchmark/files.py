@@ -16,9 +16,14 @@ def write_atomic(path: str | Path, content: str | bytes) -> Path:
     """Write ``content`` to ``path`` all at once (temporary file + rename); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(content, bytes) else "w"
+    text = not isinstance(content, bytes)
     with tempfile.NamedTemporaryFile(
-        mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        "w" if text else "wb",
+        encoding="utf-8" if text else None,
+        dir=path.parent,
+        prefix=f".{path.name}.",
+        suffix=".tmp",
+        delete=False,
     ) as stream:
         stream.write(content)
         stream.flush()

@@ -16,6 +16,7 @@ and `import.log` (what was read, left out and binarised) into an empty output fo
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import pandas as pd
 from benchmark.datasets.manifest import NIFTI_SUFFIXES, read_manifest
 from benchmark.datasets.splits import PAPER_FRACTIONS, given_splits, write_splits
 from benchmark.errors import UserError
+from benchmark.files import write_atomic
 
 MANIFEST_NAME = "manifest.csv"
 SPLITS_NAME = "splits.csv"
@@ -326,10 +328,11 @@ def _finish(out: Path, rows: list[dict], notes: list[str]) -> ImportResult:
     """Write and validate the manifest, write the log; the result of the import."""
     path = out / MANIFEST_NAME
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    manifest = io.StringIO(newline="")
+    writer = csv.DictWriter(manifest, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, manifest.getvalue())  # whole or not at all
     table = read_manifest(path).table
     labelled = table["label"].dropna()
     notes = [

@@ -18,6 +18,7 @@ crop and mirror are exercised exactly as for registered clinical heads.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from benchmark.files import write_atomic
 
 from .phantom_anatomy import (
     AIR,
@@ -322,31 +325,34 @@ def generate_phantom(
         ),
         "labelled_sinuses": 2 * labelled,
     }
-    (out / "phantom.json").write_text(json.dumps(parameters, indent=2))
+    write_atomic(out / "phantom.json", json.dumps(parameters, indent=2))
     return out / "manifest.csv"
 
 
 def _write_tables(out: Path, rows: list[dict], layout: str) -> None:
+    """``manifest.csv`` and ``unlabelled_truth.csv``, each written whole or not at all."""
     columns = ["subject_id", "side", "image", "label", "pathology", "mask"]
     if layout == "head":
         columns += ["centroid_x", "centroid_y", "centroid_z"]
-    with open(out / "manifest.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, columns, extrasaction="ignore", restval="")
-        writer.writeheader()
-        for row in rows:
-            labelled = row["subject_id"].startswith("P")
+    manifest = io.StringIO(newline="")
+    writer = csv.DictWriter(manifest, columns, extrasaction="ignore", restval="")
+    writer.writeheader()
+    for row in rows:
+        labelled = row["subject_id"].startswith("P")
+        writer.writerow(
+            {
+                **row,
+                "label": row["truth_label"] if labelled else "",
+                "pathology": row["truth_pathology"] if labelled else "",
+            }
+        )
+    write_atomic(out / "manifest.csv", manifest.getvalue())
+    truth = io.StringIO(newline="")
+    writer = csv.writer(truth)
+    writer.writerow(["subject_id", "side", "label", "pathology"])
+    for row in rows:
+        if row["subject_id"].startswith("U"):
             writer.writerow(
-                {
-                    **row,
-                    "label": row["truth_label"] if labelled else "",
-                    "pathology": row["truth_pathology"] if labelled else "",
-                }
+                [row["subject_id"], row["side"], row["truth_label"], row["truth_pathology"]]
             )
-    with open(out / "unlabelled_truth.csv", "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["subject_id", "side", "label", "pathology"])
-        for row in rows:
-            if row["subject_id"].startswith("U"):
-                writer.writerow(
-                    [row["subject_id"], row["side"], row["truth_label"], row["truth_pathology"]]
-                )
+    write_atomic(out / "unlabelled_truth.csv", truth.getvalue())

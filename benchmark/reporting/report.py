@@ -30,6 +30,7 @@ import pandas as pd
 
 from benchmark.errors import UserError
 from benchmark.evaluation.protocols import PROTOCOLS
+from benchmark.files import write_atomic
 from benchmark.reporting import figures, tables
 from benchmark.reporting.collect import RunResults, cell_status, collect
 from benchmark.reporting.pooling import evaluation_design, pooled_auprc, pooled_predictions
@@ -292,7 +293,7 @@ def largest_family(done: pd.DataFrame, reference: str | None) -> int:
 
 def _csv(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, float_format="%.6g")
+    write_atomic(path, frame.to_csv(index=False, float_format="%.6g"))
     return path
 
 
@@ -356,7 +357,7 @@ def _write_metric(
     files = [_csv(merged, out / "tables" / f"{metric}.csv")]
     for key in ("md", "tex"):
         files.append(out / "tables" / f"{metric}.{key}")
-        files[-1].write_text(joined[key])
+        write_atomic(files[-1], joined[key])
     joined["csv"] = files[0].read_text()
     return merged, tests, joined, files
 
@@ -532,12 +533,12 @@ def write_report(
     if pretrainings:
         markdown["pretraining"] = tables.pretraining_budget_markdown(pretrainings)
         files.append(out / "tables" / "pretraining_budget.md")
-        files[-1].write_text(markdown["pretraining"])
+        write_atomic(files[-1], markdown["pretraining"])
     tuning = out / "tuning.json"
     if tuning.exists():
         markdown["tuning"] = tables.budget_markdown(tuning)
         files.append(out / "tables" / "tuning.md")
-        files[-1].write_text(markdown["tuning"])
+        write_atomic(files[-1], markdown["tuning"])
     else:
         notes.append(
             "no method was tuned (`ssl3d run --tuned`): every method ran with its YAML settings"
@@ -622,7 +623,7 @@ def _write_ranks(
                 )
     for key in ("md", "tex"):
         path = out / "tables" / f"ranks.{key}"
-        path.write_text("\n".join(texts[key]))
+        write_atomic(path, "\n".join(texts[key]))
         files.append(path)
     markdown["ranks"] = (out / "tables" / "ranks.md").read_text()
     return files
@@ -663,7 +664,7 @@ def _write_pooled(
             texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
     for key in ("md", "tex"):
         path = out / "tables" / f"pooled_auprc.{key}"
-        path.write_text("\n".join(texts[key]))
+        write_atomic(path, "\n".join(texts[key]))
         files.append(path)
     return files
 
@@ -701,7 +702,7 @@ def _write_pathology(
             texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
     for key in ("md", "tex"):
         path = out / "tables" / f"pathology.{key}"
-        path.write_text("\n".join(texts[key]))
+        write_atomic(path, "\n".join(texts[key]))
         files.append(path)
     return files
 
@@ -731,7 +732,7 @@ def _write_localisation(
             localisation, reference, caption, "tab:ssl3d-localisation", notation, context.roles
         )
         path = out / "tables" / f"localisation.{key}"
-        path.write_text((tables.latex if notation.latex else tables.markdown)(table))
+        write_atomic(path, (tables.latex if notation.latex else tables.markdown)(table))
         files.append(path)
     return files
 
@@ -896,5 +897,5 @@ def _write_overview(
             relative = path.relative_to(out)
             sections.append(f"![{relative.stem}]({relative})")
     path = out / "report.md"
-    path.write_text("\n".join(sections) + "\n")
+    write_atomic(path, "\n".join(sections) + "\n")
     return path

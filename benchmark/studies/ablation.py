@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark.config import ConfigError, _read_yaml, configs_root, load_config
 from benchmark.evaluation.metrics import weighted_average_precision
+from benchmark.files import write_atomic
 from benchmark.orchestration.grid import run_grid
 from benchmark.orchestration.lock import run_folder_lock
 from benchmark.reporting.report import HEADLINE_PROTOCOL
@@ -211,8 +212,8 @@ def ablation_table(
     table = pd.DataFrame(rows)
     tables = out / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    table.to_csv(tables / f"ablation_{method}.csv", index=False, float_format="%.6g")
-    (tables / f"ablation_{method}.md").write_text(_markdown(method, table))
+    write_atomic(tables / f"ablation_{method}.csv", table.to_csv(index=False, float_format="%.6g"))
+    write_atomic(tables / f"ablation_{method}.md", _markdown(method, table))
     return table
 
 
