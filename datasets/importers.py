@@ -24,9 +24,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-
 from benchmark.datasets.manifest import NIFTI_SUFFIXES, read_manifest
 from benchmark.datasets.splits import PAPER_FRACTIONS, given_splits, write_splits
+
 from benchmark.errors import UserError
 from benchmark.files import write_atomic
 

@@ -1,9 +1,9 @@
 """pretrain.views_preset: one views preset for every method, named in the report's captions."""
 
 import pytest
+from benchmark.datasets.views import Views
 
 from benchmark.config import ConfigError, load_config
-from benchmark.datasets.views import Views
 from benchmark.reporting.collect import RunResults
 from benchmark.reporting.report import views_clause
 from benchmark.training.pretrain import build_method

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_nifti
-
-from benchmark.cli import main
 from benchmark.datasets.importers import CohortImportError, import_bids, import_medmnist
 from benchmark.datasets.manifest import read_manifest
 from benchmark.datasets.splits import read_splits
+from conftest import write_nifti
+
+from benchmark.cli import main
 
 SUBJECTS = 16
 SMOKE_RUN = ["--profile", "smoke", "--methods", "scratch"]

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from benchmark.methods.intensity_features import IntensityFeatures
 
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.errors import MethodConfigError
-from benchmark.methods.intensity_features import IntensityFeatures
 from benchmark.orchestration.plan import plan_run
 from benchmark.results import read_cells
 from benchmark.testing import cross_validated_probe_auprc, pretrain_briefly, smoke_data

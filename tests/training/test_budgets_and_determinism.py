@@ -10,9 +10,9 @@ import json
 
 import pytest
 import torch
+from benchmark.datasets.batches import batch_loader
 
 from benchmark.config import load_config, pretraining_settings
-from benchmark.datasets.batches import batch_loader
 from benchmark.orchestration.grid import run_grid
 from benchmark.registry import available_methods, get_method
 from benchmark.testing import smoke_data
