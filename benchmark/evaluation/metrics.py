@@ -67,6 +67,22 @@ def _sorted_rows(scores: Tensor, labels: Tensor, weights: Tensor | None):
     scores = torch.as_tensor(scores, dtype=torch.float64)
     labels = torch.as_tensor(labels, dtype=torch.float64)
     weights = torch.ones_like(labels) if weights is None else torch.as_tensor(weights)
+    if scores.dim() == 1 and labels.dim() == 1 and weights.dim() == 2:
+        # One ranking under many weightings (the bootstrap): sort once and reorder the weights'
+        # columns; the labels, positions and tie groups are one row, broadcast (views).
+        order = torch.argsort(scores, descending=True, stable=True)
+        ranked = scores[order]
+        rows = weights.shape[0]
+        weights = weights.to(scores.device, torch.float64)[:, order.to(weights.device)]
+        group_ends = torch.ones_like(ranked, dtype=torch.bool)
+        group_ends[:-1] = ranked[1:] != ranked[:-1]
+        positions = torch.arange(len(ranked), device=scores.device)
+        return (
+            labels.to(scores.device)[order].expand(rows, -1),
+            weights,
+            positions.expand(rows, -1),
+            group_ends.expand(rows, -1),
+        )
     scores, labels, weights = torch.broadcast_tensors(
         scores, labels.to(scores.device), weights.to(scores.device, torch.float64)
     )
@@ -81,6 +97,8 @@ def _sorted_rows(scores: Tensor, labels: Tensor, weights: Tensor | None):
 
 def _group_end(positions: Tensor, group_ends: Tensor) -> Tensor:
     """For each sorted position, the position of the last element of its tie group."""
+    if group_ends.shape[0] > 1 and group_ends.stride(0) == 0:  # one row broadcast: once
+        return _group_end(positions[:1], group_ends[:1]).expand_as(positions)
     last = torch.where(group_ends, positions, positions.shape[1])
     return torch.flip(torch.cummin(torch.flip(last, [1]), dim=1).values, [1])
 
