@@ -110,23 +110,26 @@ class ResNet18(ResNet):
         return self.act(self.bn1(self.conv1(x)))
 
     def feature_maps(self, x: Tensor) -> list[Tensor]:
-        """Maps at strides 2, 4, 8, 16 and 32 (stem, stages 1-4), for U-Net-style decoders."""
-        maps = [self.stem(x)]
-        x = self.maxpool(maps[0])
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
-            maps.append(x)
-        return maps
+        """Maps at strides 2, 4, 8, 16 and 32 (stem, stages 1-4), for U-Net-style decoders.
+
+        Computed through ``__call__`` (``forward(x, all_maps=True)``): ``nn.Module.compile``
+        compiles ``__call__`` only, so a method called directly would run eagerly under
+        ``runtime.compile`` (the decoder methods did, before this was one entry point)."""
+        return self(x, all_maps=True)
 
     def pool(self, last_map: Tensor) -> Tensor:
         """Global average pooling: [B, C, ...] -> [B, C]."""
         return torch.flatten(self.avgpool(last_map), 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """The pooled feature [B, feature_dim] of a batch [B, 1, D, H, W]."""
-        x = self.maxpool(self.stem(x))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.pool(x)
+    def forward(self, x: Tensor, all_maps: bool = False) -> Tensor | list[Tensor]:
+        """The pooled feature [B, feature_dim] of a batch [B, 1, D, H, W]; with ``all_maps``
+        the maps of ``feature_maps`` instead."""
+        maps = [self.stem(x)]
+        x = self.maxpool(maps[0])
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            maps.append(x)
+        return maps if all_maps else self.pool(x)
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """A CPU copy of the weights under MONAI's names (what ``encoder.pt`` holds)."""
