@@ -40,6 +40,7 @@ def command_perf(args: argparse.Namespace) -> None:
             json_path=Path(args.json) if args.json else None,
             estimate=args.estimate,
             cache=Path(args.cache),
+            compare_compile=args.compare_compile,
         )
     )
 
@@ -67,6 +68,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--json", help="also write the measurements to this JSON file")
     perf.add_argument("--estimate", action="store_true", help="estimate the paper grid's wall time")
     perf.add_argument("--cache", default="results/perf", help="where the perf phantom is kept")
+    perf.add_argument(
+        "--compare-compile",
+        action="store_true",
+        help="also measure with runtime.compile=true: step times, ratio, first-step compile cost",
+    )
     perf.add_argument(
         "--audit",
         action="store_true",

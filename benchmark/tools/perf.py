@@ -12,6 +12,11 @@ For each method, at the profile's volume size and batch size, on ``--device``:
   pipelines do), glibc's default allocator, torch's default (per-parameter loop) optimiser
   step — and ``speedup`` over it (target on the CPU: at
   least 2x);
+* with ``--compare-compile``: the same fast path measured again with ``runtime.compile=true``
+  (every ResNet18 compiled by inductor), its ``compiled_volumes_per_s`` and ``compile_speedup``
+  (its step time against eager's); the first step of each process's first fit
+  (``first_step_s``, ``compiled_first_step_s``) is reported apart, since it holds the one-off
+  costs, compilation above all;
 * ``peak_mem_mb``: on CUDA the peak allocated memory, on the CPU the peak resident memory of
   the process that measured this method (each method is measured in a fresh process);
 * on CUDA ``tflops`` (counted with ``torch.utils.flop_counter``) and ``mfu`` as a fraction of
@@ -92,6 +97,10 @@ class Throughput:
     default_volumes_per_s: float | None
     speedup: float | None
     seconds_per_step: float
+    first_step_s: float | None = None  # the first step of a fresh process: one-off costs
+    compiled_volumes_per_s: float | None = None
+    compiled_first_step_s: float | None = None  # compilation included
+    compile_speedup: float | None = None  # eager step time / compiled step time
 
 
 class StepTimer(pl.Callback):
@@ -339,7 +348,7 @@ def measure_fast_path(
     )
     # A fresh process's first fit pays one-off costs (heap growth, oneDNN kernel creation)
     # that the per-fit warm-up steps do not cover: one untimed fit first.
-    first, _ = _fit_steps(perf, method, real_loader, warmup + 1)
+    first, first_times = _fit_steps(perf, method, real_loader, warmup + 1)
 
     rows = torch.as_tensor(perf.rows[:batch], dtype=torch.long)
     fixed = {
@@ -382,6 +391,7 @@ def measure_fast_path(
         default_volumes_per_s=None,
         speedup=None,
         seconds_per_step=round(batch / rate, 4),
+        first_step_s=round(first_times[0], 2),
     )
 
 
@@ -421,8 +431,10 @@ def _measured_in_this_process(
     cfg = recipe[0]
     default = what == "default"
     apply_host_settings(OmegaConf.merge(cfg.runtime, DEFAULT_RUNTIME) if default else cfg.runtime)
+    if what == "compiled":
+        recipe = (OmegaConf.merge(cfg, {"runtime": {"compile": True}}), *recipe[1:])
     perf = perf_data(*recipe)
-    if what == "fast":
+    if what in ("fast", "compiled"):
         return measure_fast_path(perf, method, steps, warmup, rounds)
     if what == "default":
         return measure_default_settings(perf, method, steps, warmup, rounds)
@@ -461,6 +473,30 @@ def time_finetune_cell(perf: PerfData) -> FinetuneCellTime:
         result = run_finetune(cell, perf.cfg, perf.data, None, Path(workdir))
     seconds = time.perf_counter() - started
     return FinetuneCellTime(round(seconds, 2), int(result["epochs"]), int(result["n_train"]))
+
+
+def with_compiled(result: Throughput, compiled: Throughput) -> Throughput:
+    """``result`` (eager) with the compiled measurement of the same method added."""
+    result.compiled_volumes_per_s = compiled.volumes_per_s
+    result.compiled_first_step_s = compiled.first_step_s
+    result.compile_speedup = round(compiled.volumes_per_s / result.volumes_per_s, 2)
+    return result
+
+
+def format_compile_lines(results: list[Throughput]) -> str:
+    """One line per method: eager against compiled step time, and each first step."""
+    lines = [
+        "torch.compile (runtime.compile=true against false; real-path median step time; the "
+        "first step of a fresh process holds the one-off costs, the compiled one compilation):"
+    ]
+    for r in results:
+        compiled_step = r.batch / r.compiled_volumes_per_s
+        lines.append(
+            f"  {r.method}: eager {1000 * r.seconds_per_step:.0f} ms per step, compiled "
+            f"{1000 * compiled_step:.0f} ms: {r.compile_speedup:.2f}x; first step "
+            f"{r.first_step_s:.1f} s eager, {r.compiled_first_step_s:.1f} s compiled"
+        )
+    return "\n".join(lines)
 
 
 def format_table(results: list[Throughput]) -> str:
@@ -557,9 +593,13 @@ def run_perf(
     json_path: Path | None,
     estimate: bool,
     cache: Path,
+    compare_compile: bool = False,
 ) -> str:
-    """Measure every selected method, each in fresh processes; returns the printed report."""
-    cfg = load_config(profile, [*overrides, f"runtime.device={device}"], methods)
+    """Measure every selected method, each in fresh processes; returns the printed report.
+
+    ``compare_compile``: the fast path eager (``runtime.compile=false``) and again compiled."""
+    eager = ["runtime.compile=false"] if compare_compile else []
+    cfg = load_config(profile, [*overrides, *eager, f"runtime.device={device}"], methods)
     largest_batch = max(int(pretraining_settings(cfg, m).batch_size) for m in cfg.methods)
     perf = perf_data(cfg, cache, max(2 * largest_batch, 2 * int(cfg.phantom.unlabelled)))
     baseline = resolve_device(cfg.runtime).type == "cpu"
@@ -572,6 +612,9 @@ def run_perf(
             default_rate = in_fresh_process(perf, "default", method, steps, warmup, rounds)
             result.default_volumes_per_s = round(default_rate, 2)
             result.speedup = round(result.volumes_per_s / default_rate, 2)
+        if compare_compile:
+            compiled = in_fresh_process(perf, "compiled", method, steps, warmup, rounds)
+            result = with_compiled(result, compiled)
         results.append(result)
     report = [
         f"profile {cfg.profile}, device {device}: {rounds} fits of {steps} timed steps (after "
@@ -579,6 +622,8 @@ def run_perf(
         "95 % bootstrap interval",
         format_table(results),
     ]
+    if compare_compile:
+        report.append(format_compile_lines(results))
     cell = in_fresh_process(perf, "finetune")
     epoch_seconds = cell.seconds_per_volume_epoch * paper_fold_size()
     report.append(

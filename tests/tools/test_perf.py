@@ -9,11 +9,14 @@ from scipy import stats
 
 from benchmark.cli import main
 from benchmark.config import load_config, pretraining_settings
+from benchmark.tools import perf
 from benchmark.tools.perf import (
     Throughput,
     data_overhead,
     data_overhead_interval,
     estimate_paper_grid,
+    format_compile_lines,
+    with_compiled,
 )
 
 FIELDS = {
@@ -115,3 +118,32 @@ def test_data_overhead_and_its_interval_match_an_independent_bootstrap():
     assert low < 0.2 < high and high - low < 0.15
     # A real path no slower than the compute-only one has no overhead, not a negative one.
     assert data_overhead(compute, real) == 0.0
+
+
+def test_compare_compile_reaches_run_perf_and_reports_step_times_ratio_and_first_steps(
+    monkeypatch, capsys
+):
+    """``--compare-compile`` is passed on (off by default); the report line of a method shows
+    both step times, their ratio and each first step, the compile cost kept apart."""
+    calls = []
+    monkeypatch.setattr(perf, "run_perf", lambda *a, **k: calls.append(k) or "report")
+    main(["perf", "--methods", "simclr", "--compare-compile"])
+    main(["perf", "--methods", "simclr"])
+    assert [call["compare_compile"] for call in calls] == [True, False]
+    assert capsys.readouterr().out == "report\n" * 2
+
+    eager = Throughput(
+        "simclr", "cpu", 32, 8, 40.0, 50.0, 0.2, (0.1, 0.3), 900.0, None, None, None, None, 0.2,
+        first_step_s=1.5,
+    )  # fmt: skip
+    compiled = Throughput(
+        "simclr", "cpu", 32, 8, 50.0, 60.0, 0.2, (0.1, 0.3), 950.0, None, None, None, None, 0.16,
+        first_step_s=41.2,
+    )  # fmt: skip
+    result = with_compiled(eager, compiled)
+    assert result.compile_speedup == 1.25 and result.compiled_first_step_s == 41.2
+    line = format_compile_lines([result]).splitlines()[1]
+    assert line == (
+        "  simclr: eager 200 ms per step, compiled 160 ms: 1.25x; first step 1.5 s eager, "
+        "41.2 s compiled"
+    )
