@@ -1,14 +1,16 @@
 """Result files: one JSON per finished unit, written atomically, read back by the report.
 
-Files of a run folder are read as data only: ``load_plain`` never unpickles code, and
-``require_inside`` keeps a path that one file records about another inside its folder.
+Files of a run folder are read as data only: ``load_plain`` never unpickles code,
+``require_inside`` keeps a path that one file records about another inside its folder, and
+``set_aside`` moves a file that cannot be used out of the way (docs/errors.md).
 
 A cell file ``OUT/cells/<method>/<protocol>/f<fraction>/fold<k>/seed<s>.json`` holds
 ``method, protocol, fraction, fold, seed, status`` (``done`` or ``failed``), ``metrics``
 (``auprc``, ``auroc``, ``f1``, ``precision``, ``recall``, ``specificity``), ``prevalence``,
 ``threshold``, ``predictions`` (``subject_id, side, label, pathology, score`` for every test
 volume), ``validation_predictions``, ``config_hash``, ``config``, ``versions``, ``seconds``, for a
-``finetune`` cell on a cohort with masks ``localisation``, and for a failed cell ``error``.
+``finetune`` cell on a cohort with masks ``localisation``, for a ``finetune`` cell that set a
+checkpoint aside ``set_aside``, and for a failed cell ``error``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ and the best validation-loss checkpoint restored. The score of a volume is the s
 probability of "anomalous"; the decision threshold maximises F1 on the validation set
 (``benchmark.evaluation.scoring``). On a cohort with masks, the fine-tuned classifier's Grad-CAM is scored
 against them before the model leaves memory (``benchmark.evaluation.localisation``).
+
+A killed cell resumes from its work folder's ``last.ckpt``; a checkpoint there that does not
+load is moved to the work folder's ``set-aside/`` (``resume_checkpoint``), the cell fine-tunes
+without it, and its result lists it under ``set_aside``.
 """
 
 from __future__ import annotations
