@@ -310,7 +310,7 @@ def run_pretraining(
     )
     for entry in resume.set_aside:
         log(f"{unit.title}: {describe_set_aside(entry, unit.directory)}")
-    if resume.set_aside and ranks.is_main:
+    if resume.set_aside:
         record["set_aside"] = [*record["set_aside"], *resume.set_aside]
         write_json_atomic(unit.record_path, record)
     if resume.checkpoint is not None:

@@ -335,9 +335,9 @@ def resume_checkpoint(folder: Path, owner: Path, fix: str, moves: bool = True) -
         except UnloadableFileError as error:
             unusable[path] = error.reason
             continue
-        missing = _unusable_recorded(recorded, folder, path, fix, unusable)
-        if missing:
-            unusable[path] = f"the checkpoint it records, {missing}, cannot be used"
+        broken = _unusable_recorded(recorded, folder, path, fix, unusable)
+        if broken:
+            unusable[path] = f"the checkpoint it records, {broken}, cannot be used"
         else:
             usable[path] = state
     moved = tuple(set_aside(path, owner, why) for path, why in unusable.items() if moves)
@@ -351,8 +351,9 @@ def _unusable_recorded(
 ) -> Path | None:
     """The first checkpoint ``source`` records that is missing or does not load as plain
     data (those that exist are added to ``unusable`` with why), or None when all are usable."""
-    first = None
-    for path in dict.fromkeys(require_inside(p, folder, fix, source=source) for p in recorded):
+    inside = [require_inside(path, folder, fix, source=source) for path in recorded]
+    root, first = folder.resolve(), None
+    for path in dict.fromkeys(folder / path.relative_to(root) for path in inside):
         if path in unusable:
             first = first or path
             continue
