@@ -6,7 +6,7 @@ SSL3D := $(BIN)/ssl3d
 OUT ?= results/benchmark
 ARGS ?=
 
-.PHONY: setup benchmark test report perf gpu-check lint lock clean
+.PHONY: setup benchmark test test-heavy paper-shaped report perf gpu-check lint lock clean
 
 setup: $(VENV)/.installed
 
@@ -24,11 +24,22 @@ benchmark: setup
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
 
+# The tests marked heavy (minutes each, so not in `make test`): the paper profile's shapes on
+# the CPU (tests/tools/test_paper_shaped.py). CI runs them as a step of their own.
+test-heavy: setup
+	$(BIN)/python -m pytest -m heavy $(ARGS)
+
 report: setup
 	$(SSL3D) report $(OUT) $(ARGS)
 
 perf: setup
 	$(SSL3D) perf $(ARGS)
+
+# The paper profile's code path at its real shapes (64^3, full width, every method and protocol)
+# with tiny counts: about 6 minutes on 2 cores. Report in results/paper-shaped/paper-shaped.md.
+paper-shaped: setup
+	rm -rf results/paper-shaped
+	$(BIN)/python -m benchmark.tools.paper_shaped --out results/paper-shaped $(ARGS)
 
 # On a CUDA machine, at most about 10 minutes: sync debug mode on every method's step, perf at the
 # paper size, compile vs eager, the FLOP estimate; one report in gpu-check/. Without a GPU: a note.

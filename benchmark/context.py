@@ -326,7 +326,7 @@ class PretrainingContext:
             stored = load_plain(path, "")
             if not isinstance(stored, dict):
                 raise UnloadableFileError(
-                    f"{path}: it holds a {type(stored).__name__}, not a stage's dict."
+                    path, f"it holds a {type(stored).__name__}, not a stage's dict", ""
                 )
         except UnloadableFileError as error:
             if then is not None and path not in self._unreadable:

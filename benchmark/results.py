@@ -1,20 +1,23 @@
 """Result files: one JSON per finished unit, written atomically, read back by the report.
 
-Files of a run folder are read as data only: ``load_plain`` never unpickles code, and
-``require_inside`` keeps a path that one file records about another inside its folder.
+Files of a run folder are read as data only: ``load_plain`` never unpickles code,
+``require_inside`` keeps a path that one file records about another inside its folder, and
+``set_aside`` moves a file that cannot be used out of the way (docs/errors.md).
 
 A cell file ``OUT/cells/<method>/<protocol>/f<fraction>/fold<k>/seed<s>.json`` holds
 ``method, protocol, fraction, fold, seed, status`` (``done`` or ``failed``), ``metrics``
 (``auprc``, ``auroc``, ``f1``, ``precision``, ``recall``, ``specificity``), ``prevalence``,
 ``threshold``, ``predictions`` (``subject_id, side, label, pathology, score`` for every test
 volume), ``validation_predictions``, ``config_hash``, ``config``, ``versions``, ``seconds``, for a
-``finetune`` cell on a cohort with masks ``localisation``, and for a failed cell ``error``.
+``finetune`` cell on a cohort with masks ``localisation``, for a ``finetune`` cell that set a
+checkpoint aside ``set_aside``, and for a failed cell ``error``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -187,7 +190,13 @@ def cell_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 class UnloadableFileError(UserError):
     """A file of a run folder that does not load as plain tensors and containers: corrupt,
-    written by another program or version, or altered to run code when unpickled."""
+    written by another program or version, or altered to run code when unpickled.
+
+    ``path`` names the file and ``reason`` says why in one clause; the message adds ``fix``."""
+
+    def __init__(self, path: Path, reason: str, fix: str):
+        super().__init__(f"{path}: {reason}. {fix}")
+        self.path, self.reason = Path(path), reason
 
 
 def require_inside(path: str | Path, folder: Path, fix: str, source: Path | None = None) -> Path:
@@ -223,4 +232,49 @@ def load_plain(path: Path, fix: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torn, foreign or doctored files raise anything
-        raise UnloadableFileError(f"{path}: {unloadable_reason(error)}. {fix}") from error
+        raise UnloadableFileError(path, unloadable_reason(error), fix) from error
+
+
+# ---- files of a run folder that cannot be used, moved aside ------------------------------------
+#
+# A checkpoint or encoder that does not load (torn by a full disk or a copy, foreign, altered) is
+# an accident to recover from: it is moved into the ``set-aside/`` folder of the pretraining unit
+# or evaluation cell it belongs to, never deleted and never read again, and the work it held is
+# done again. What is hostile rather than torn (a path outside the folder) stops the run instead.
+
+SET_ASIDE = "set-aside"
+
+
+def set_aside(path: Path, folder: Path, reason: str) -> dict[str, str]:
+    """Move ``path``, a file of ``folder`` (a unit's or a cell's) that cannot be used, to
+    ``folder/set-aside/`` under its path relative to ``folder`` (``.2``, ``.3``, ... added when
+    that name is taken). Returns the entry a record keeps of it: ``file`` and ``moved_to``
+    (relative to ``folder``) and ``reason``."""
+    relative = Path(path).relative_to(folder)
+    target, number = folder / SET_ASIDE / relative, 1
+    while target.exists() or target.is_symlink():
+        number += 1
+        target = folder / SET_ASIDE / relative.with_name(f"{relative.name}.{number}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    return {
+        "file": relative.as_posix(),
+        "moved_to": target.relative_to(folder).as_posix(),
+        "reason": reason,
+    }
+
+
+def describe_set_aside(entry: dict[str, str], folder: Path) -> str:
+    """One clause for the run log that names the file set aside, where it went and why."""
+    return (
+        f"cannot use {folder / entry['file']}: {entry['reason']}; moved it to "
+        f"{folder / entry['moved_to']}"
+    )
+
+
+def recorded_set_aside(record: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The ``set_aside`` entries a record (``pretrain.json``) already holds."""
+    entries = (record or {}).get("set_aside")
+    return (
+        [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+    )

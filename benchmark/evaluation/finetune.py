@@ -7,6 +7,10 @@ and the best validation-loss checkpoint restored. The score of a volume is the s
 probability of "anomalous"; the decision threshold maximises F1 on the validation set
 (``benchmark.evaluation.scoring``). On a cohort with masks, the fine-tuned classifier's Grad-CAM is scored
 against them before the model leaves memory (``benchmark.evaluation.localisation``).
+
+A killed cell resumes from its work folder's ``last.ckpt``; a checkpoint there that does not
+load is moved to the work folder's ``set-aside/`` (``resume_checkpoint``), the cell fine-tunes
+without it, and its result lists it under ``set_aside``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from benchmark.evaluation.scoring import NonFiniteScoresError, score_cell
 from benchmark.nn.backbone import ResNet18, load_encoder, stage_widths
 from benchmark.nn.optimizers import fused_optimizer
 from benchmark.nn.randomness import SeededStream
-from benchmark.results import Cell
+from benchmark.results import SET_ASIDE, Cell
 from benchmark.rundata import RunData
 from benchmark.training.runtime import (
     best_checkpoint,
@@ -38,7 +42,6 @@ from benchmark.training.runtime import (
     prepare_module,
     resolve_device,
     resume_checkpoint,
-    resumed_epoch,
     training_logger,
 )
 
@@ -163,10 +166,10 @@ def run_finetune(
         logger=training_logger(cfg.runtime, workdir, cell.title),
     )
     restart = f"Delete {workdir} to fine-tune {cell.title} again from its first epoch."
-    last = resume_checkpoint(workdir, restart)
-    if last is not None:
-        set_loader_epoch(train_loader, resumed_epoch(last))
-    trainer.fit(model, train_loader, val_loader, ckpt_path=last, weights_only=True)
+    resume = resume_checkpoint(workdir, workdir, restart)
+    if resume.checkpoint is not None:
+        set_loader_epoch(train_loader, resume.epoch)
+    trainer.fit(model, train_loader, val_loader, ckpt_path=resume.checkpoint, weights_only=True)
     if not best_keeper.best_model_path:
         raise NonFiniteScoresError(
             f"{cell.title}: the validation loss was never finite; lower finetune.lr"
@@ -182,6 +185,8 @@ def run_finetune(
     result.update(
         epochs=trainer.current_epoch, best_epoch=int(best["epoch"]), n_train=len(train_rows)
     )
+    if resume.set_aside:
+        result["set_aside"] = list(resume.set_aside)
     started = time.perf_counter()
     localisation = localise(
         model.backbone, model.head, data, test_rows, settings.localisation, batch_size
@@ -197,8 +202,8 @@ def run_finetune(
 
 def _remove_checkpoints(workdir: Path) -> None:
     """The finished cell's checkpoints deleted; ``workdir`` too unless it keeps the curves of
-    ``runtime.logger`` (``logs/``)."""
-    if (workdir / "logs").is_dir():
+    ``runtime.logger`` (``logs/``) or checkpoints that could not be used (``set-aside/``)."""
+    if (workdir / "logs").is_dir() or (workdir / SET_ASIDE).is_dir():
         for checkpoint in workdir.glob("*.ckpt"):
             checkpoint.unlink()
     else:

@@ -176,7 +176,8 @@ def load_encoder(path: str | Path, widths: tuple[int, ...]) -> ResNet18:
         raise UserError(
             f"{path}: not a plain state dict of tensors ({type(error).__name__}: {reason}); it "
             "is corrupt or was altered, and ssl3d does not unpickle it in full, which could "
-            "run code. Delete it, and `ssl3d run` pretrains the encoder again"
+            "run code. `ssl3d run` moves such an encoder.pt of a pretraining unit aside and "
+            "pretrains the unit again"
         ) from error
     backbone.load_state_dict(state, strict=True)
     return backbone

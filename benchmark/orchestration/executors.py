@@ -112,7 +112,7 @@ class RayExecutor:
         for method in grid.cfg.methods:
             upstream: dict = {}
             for task in grid.unit_tasks(method):
-                upstream[task.unit] = task.finished()
+                upstream[task.unit] = task.finished(grid.log)
                 if upstream[task.unit] is not None:
                     grid.unit_finished(task, ran=False)
                 else:

@@ -22,10 +22,10 @@ from benchmark.nn.backbone import describe_backbone, stage_widths
 from benchmark.orchestration.plan import Plan
 from benchmark.orchestration.progress import GridProgress
 from benchmark.registry import get_method
-from benchmark.results import Cell, read_json, versions, write_json_atomic
+from benchmark.results import Cell, describe_set_aside, read_json, versions, write_json_atomic
 from benchmark.rundata import RunData
 from benchmark.training.pretrain import run_pretraining
-from benchmark.training.runtime import apply_host_settings
+from benchmark.training.runtime import apply_host_settings, process_ranks
 from benchmark.training.units import PretrainingUnit, is_finished, unit_for
 
 
@@ -46,9 +46,11 @@ class UnitTask:
     unit: PretrainingUnit
     expected_hash: str
 
-    def finished(self) -> UnitOutcome | None:
-        """The outcome of a unit finished before with these settings; ``None`` if it must run."""
-        if is_finished(self.unit, self.expected_hash):
+    def finished(self, log: Callable[[str], None]) -> UnitOutcome | None:
+        """The outcome of a unit finished before with these settings; ``None`` if it must run
+        (also when its ``encoder.pt`` did not load: it is set aside, and ``log`` says so)."""
+        moves = process_ranks(self.cfg.runtime).is_main
+        if is_finished(self.unit, self.expected_hash, log, moves):
             return UnitOutcome(self.unit.encoder_path)
         return None
 
@@ -112,9 +114,12 @@ class CellTask:
         record = {**self._record(), **result, "status": "done"}
         record["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(self.path, record)
+        set_aside = "".join(
+            f"; {describe_set_aside(entry, workdir)}" for entry in result.get("set_aside", ())
+        )
         return (
             f"AUPRC {record['metrics']['auprc']:.3f} (prevalence {record['prevalence']:.2f}) "
-            f"in {record['seconds']:.1f} s"
+            f"in {record['seconds']:.1f} s{set_aside}"
         )
 
     def record_failure(self, error: BaseException, seconds: float = 0.0) -> str:
@@ -193,11 +198,13 @@ class GridRun:
     progress: GridProgress | None = None
 
     def run_unit(self, task: UnitTask) -> UnitOutcome:
-        """Run a unit task in this process, with its progress reported."""
-        ran = task.finished() is None
-        if self.progress and ran:
-            self.progress.unit_started(task.unit.title)
-        outcome = task(self.data, self.log)
+        """Run a unit task in this process unless it is finished, with its progress reported."""
+        outcome = task.finished(self.log)
+        ran = outcome is None
+        if ran:
+            if self.progress:
+                self.progress.unit_started(task.unit.title)
+            outcome = task(self.data, self.log)
         self.unit_finished(task, ran)
         return outcome
 

@@ -23,7 +23,9 @@ configuration per report), resamples test subjects once for the whole report
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -338,15 +340,21 @@ def _write_metric(
         tied = {(r.method, r.fraction) for r in protocol_ties.itertuples() if r.tied}
         caption = metric_caption(metric, protocol, rows, protocol_tests, protocol_ties, context)
         label = f"tab:ssl3d-{metric}-{protocol}"
-        for notation, key in (
-            (tables.Notation(False, context.labels), "md"),
-            (tables.Notation(True, context.labels), "tex"),
-        ):
-            table = tables.metric_table(
-                rows, protocol_tests, reference, caption, label, notation, context.alpha, tied
-            )
-            render = tables.latex if notation.latex else tables.markdown
-            texts[key].append(render(table))
+        rendered = _rendered(
+            partial(
+                tables.metric_table,
+                rows,
+                protocol_tests,
+                reference,
+                caption,
+                label,
+                alpha=context.alpha,
+                tied=tied,
+            ),
+            context.labels,
+        )
+        for key in texts:
+            texts[key].append(rendered[key])
     joined = {
         "md": "\n".join(
             f"### {metric.upper()}, protocol `{p}`\n\n{t}"
@@ -355,9 +363,7 @@ def _write_metric(
         "tex": "\n".join(texts["tex"]),
     }
     files = [_csv(merged, out / "tables" / f"{metric}.csv")]
-    for key in ("md", "tex"):
-        files.append(out / "tables" / f"{metric}.{key}")
-        write_atomic(files[-1], joined[key])
+    files += _write_texts({key: [text] for key, text in joined.items()}, out, metric)
     joined["csv"] = files[0].read_text()
     return merged, tests, joined, files
 
@@ -606,25 +612,15 @@ def _write_ranks(
             [name, f"{rank:.2f}", "yes" if rank - best < test.critical_difference else "no"]
             for name, rank in test.mean_ranks.items()
         ]
-        for notation, key in ((tables.Notation(False), "md"), (tables.Notation(True), "tex")):
-            header = ["Method", "mean rank", "within CD of the best"]
-            table = tables.Table(
-                header,
-                [[notation.name(cell) for cell in row] for row in rows],
-                caption + context.closing,
-                f"tab:ssl3d-ranks-{protocol}",
-            )
-            if notation.latex:
-                texts[key].append(tables.latex(table))
-            else:
-                texts[key].append(
-                    f"### Ranks, protocol `{protocol}`\n\n{tables.markdown(table)}\n"
-                    f"![ranks_{protocol}](figures/ranks_{protocol}.png)\n"
-                )
-    for key in ("md", "tex"):
-        path = out / "tables" / f"ranks.{key}"
-        write_atomic(path, "\n".join(texts[key]))
-        files.append(path)
+        rendered = _rendered(
+            partial(_ranks_table, rows, caption + context.closing, f"tab:ssl3d-ranks-{protocol}"),
+        )
+        texts["tex"].append(rendered["tex"])
+        texts["md"].append(
+            f"### Ranks, protocol `{protocol}`\n\n{rendered['md']}\n"
+            f"![ranks_{protocol}](figures/ranks_{protocol}.png)\n"
+        )
+    files += _write_texts(texts, out, "ranks")
     markdown["ranks"] = (out / "tables" / "ranks.md").read_text()
     return files
 
@@ -655,18 +651,13 @@ def _write_pooled(
             "of a random classifier. Bold: best mean per fraction."
         )
         label = f"tab:ssl3d-pooled-auprc-{protocol}"
-        for notation, key in (
-            (tables.Notation(False, context.labels), "md"),
-            (tables.Notation(True, context.labels), "tex"),
-        ):
-            table = tables.metric_table(rows, no_tests, None, caption, label, notation)
-            text = (tables.latex if notation.latex else tables.markdown)(table)
-            texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
-    for key in ("md", "tex"):
-        path = out / "tables" / f"pooled_auprc.{key}"
-        write_atomic(path, "\n".join(texts[key]))
-        files.append(path)
-    return files
+        rendered = _rendered(
+            partial(tables.metric_table, rows, no_tests, None, caption, label),
+            context.labels,
+        )
+        texts["md"].append(f"### Protocol `{protocol}`\n\n{rendered['md']}")
+        texts["tex"].append(rendered["tex"])
+    return files + _write_texts(texts, out, "pooled_auprc")
 
 
 def _write_pathology(
@@ -693,18 +684,13 @@ def _write_pathology(
             f"Every fraction and 95 % CIs: tables/pathology.csv.{context.closing}"
         )
         label = f"tab:ssl3d-pathology-{protocol}"
-        for notation, key in (
-            (tables.Notation(False, context.labels), "md"),
-            (tables.Notation(True, context.labels), "tex"),
-        ):
-            table = tables.pathology_table(rows, reference, caption, label, notation, context.roles)
-            text = (tables.latex if notation.latex else tables.markdown)(table)
-            texts[key].append(text if notation.latex else f"### Protocol `{protocol}`\n\n{text}")
-    for key in ("md", "tex"):
-        path = out / "tables" / f"pathology.{key}"
-        write_atomic(path, "\n".join(texts[key]))
-        files.append(path)
-    return files
+        rendered = _rendered(
+            partial(tables.pathology_table, rows, reference, caption, label, roles=context.roles),
+            context.labels,
+        )
+        texts["md"].append(f"### Protocol `{protocol}`\n\n{rendered['md']}")
+        texts["tex"].append(rendered["tex"])
+    return files + _write_texts(texts, out, "pathology")
 
 
 def _write_localisation(
@@ -724,17 +710,50 @@ def _write_localisation(
         f"profile {context.profile}. "
         f"Per finding and std: tables/localisation.csv.{context.closing}"
     )
-    for notation, key in (
-        (tables.Notation(False, context.labels), "md"),
-        (tables.Notation(True, context.labels), "tex"),
-    ):
-        table = tables.localisation_table(
-            localisation, reference, caption, "tab:ssl3d-localisation", notation, context.roles
-        )
-        path = out / "tables" / f"localisation.{key}"
-        write_atomic(path, (tables.latex if notation.latex else tables.markdown)(table))
-        files.append(path)
-    return files
+    rendered = _rendered(
+        partial(
+            tables.localisation_table,
+            localisation,
+            reference,
+            caption,
+            "tab:ssl3d-localisation",
+            roles=context.roles,
+        ),
+        context.labels,
+    )
+    return files + _write_texts(
+        {key: [text] for key, text in rendered.items()}, out, "localisation"
+    )
+
+
+def _rendered(
+    make: Callable[[tables.Notation], tables.Table], labels: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The table ``make(notation=...)`` builds, as Markdown (``md``) and booktabs LaTeX
+    (``tex``); ``labels`` names the methods as their cells do."""
+    return {
+        key: render(make(notation=tables.Notation(latex, labels or {})))
+        for key, latex, render in (("md", False, tables.markdown), ("tex", True, tables.latex))
+    }
+
+
+def _ranks_table(
+    rows: list[list[str]], caption: str, label: str, notation: tables.Notation
+) -> tables.Table:
+    """Methods by mean rank, and whether each lies within the critical difference of the best."""
+    header = ["Method", "mean rank", "within CD of the best"]
+    return tables.Table(
+        header, [[notation.name(cell) for cell in row] for row in rows], caption, label
+    )
+
+
+def _write_texts(texts: dict[str, list[str]], out: Path, stem: str) -> list[Path]:
+    """Each notation's texts, one after another, as ``out/tables/<stem>.md`` and ``.tex``."""
+    paths = []
+    for key in ("md", "tex"):
+        paths.append(out / "tables" / f"{stem}.{key}")
+        write_atomic(paths[-1], "\n".join(texts[key]))
+    return paths
 
 
 def _summary_page(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,21 +210,35 @@ def pathology_table(
         else f"normal: specificity (n={counts[f]})"
         for f in findings
     ]
-    roles = roles or {}
+
+    def entry(finding: str, row: pd.Series) -> str:
+        if finding == "normal":
+            return f"{row['recall_mean']:.2f}"
+        return f"{row['auprc_mean']:.2f} / {row['recall_mean']:.2f}"
+
+    rows = _method_rows(table, "finding", findings, entry, reference, roles or {}, notation)
+    return Table(header, rows, caption, label)
+
+
+def _method_rows(
+    table: pd.DataFrame,
+    column: str,
+    values: list,
+    entry: Callable[[Any, pd.Series], str],
+    reference: str | None,
+    roles: dict[str, str],
+    notation: Notation,
+) -> list[list[str]]:
+    """One row per method of ``table`` (in ``method_order``), one entry per value of ``column``:
+    ``entry(value, row)`` of the method's first row with that value, an en dash without one."""
     rows = []
     for method in method_order(list(table["method"]), reference, roles):
         cells = [notation.method(method, roles)]
-        for finding in findings:
-            found = table[(table["method"] == method) & (table["finding"] == finding)]
-            if found.empty:
-                cells.append("–")
-            elif finding == "normal":
-                cells.append(f"{found.iloc[0]['recall_mean']:.2f}")
-            else:
-                row = found.iloc[0]
-                cells.append(f"{row['auprc_mean']:.2f} / {row['recall_mean']:.2f}")
+        for value in values:
+            found = table[(table["method"] == method) & (table[column] == value)]
+            cells.append("–" if found.empty else entry(value, found.iloc[0]))
         rows.append(cells)
-    return Table(header, rows, caption, label)
+    return rows
 
 
 def localisation_table(
@@ -237,18 +252,11 @@ def localisation_table(
     """Methods x fractions: ``voxel AUPRC / pointing-game hit rate`` (means over cells)."""
     overall = table[table["finding"] == "all"]
     fractions = sorted(overall["fraction"].unique())
-    roles = roles or {}
-    rows = []
-    for method in method_order(list(overall["method"]), reference, roles):
-        cells = [notation.method(method, roles)]
-        for fraction in fractions:
-            found = overall[(overall["method"] == method) & (overall["fraction"] == fraction)]
-            if found.empty:
-                cells.append("–")
-            else:
-                row = found.iloc[0]
-                cells.append(f"{row['voxel_auprc_mean']:.3f} / {row['pointing_game_mean']:.2f}")
-        rows.append(cells)
+
+    def entry(fraction: float, row: pd.Series) -> str:
+        return f"{row['voxel_auprc_mean']:.3f} / {row['pointing_game_mean']:.2f}"
+
+    rows = _method_rows(overall, "fraction", fractions, entry, reference, roles or {}, notation)
     return Table(
         ["Method" if notation.latex else "method", *[f"{f:g}" for f in fractions]],
         rows,

@@ -11,8 +11,11 @@ On a machine with a CUDA GPU it runs, in order, and writes ``gpu-check.md`` and
 2. **perf**: ``ssl3d perf --device cuda --profile paper --estimate`` for a representative subset
    of methods (volumes/s, data-path overhead, TFLOP/s and MFU, one fine-tuning cell, the paper
    grid's estimated time), with few steps and small counts that keep the paper's shapes.
-3. **compile**: one method's compute-only step time with ``runtime.compile=true`` against eager.
-4. **estimate**: ``ssl3d perf --audit --estimate`` for the same subset: FLOPs, memory and the
+3. **paper-shaped**: ``make paper-shaped`` on the GPU with bf16 autocast: ``ssl3d run --profile
+   paper`` for every method and protocol (Grad-CAM included) at the paper's shapes with a
+   handful of volumes, and the checks of ``benchmark/tools/paper_shaped.py``.
+4. **compile**: one method's compute-only step time with ``runtime.compile=true`` against eager.
+5. **estimate**: ``ssl3d perf --audit --estimate`` for the same subset: FLOPs, memory and the
    FLOP-based lower bound of the paper grid on this GPU (counted on the CPU).
 
 A check that fails is reported with its error and the others still run; a check that would
@@ -149,6 +152,19 @@ def compile_check(method: str, steps: int, cache: Path) -> dict:
     return {"method": method, "seconds_per_step": seconds}
 
 
+def paper_shaped_check() -> dict:
+    """``benchmark/tools/paper_shaped.py`` on CUDA (bf16): every method and protocol at the
+    paper's shapes; a finding fails the check."""
+    from benchmark.tools.paper_shaped import run_paper_shaped
+
+    with tempfile.TemporaryDirectory() as folder:
+        result = run_paper_shaped(Path(folder) / "run", "cuda")
+        summary = (Path(folder) / "paper-shaped.md").read_text()
+    if not result.passed:
+        raise RuntimeError(summary)
+    return {"summary": summary}
+
+
 def estimate_check(methods: list[str], gpu: str, cache: Path) -> dict:
     """``ssl3d perf --audit --estimate --gpu <this GPU>`` on ``methods`` (counted on the CPU)."""
     from benchmark.tools.audit import run_audit
@@ -239,6 +255,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=540.0, help="seconds before skipping")
     parser.add_argument("--compile-method", default="simclr", help="method of compile vs eager")
     parser.add_argument("--no-compile", action="store_true", help="skip compile vs eager")
+    parser.add_argument(
+        "--no-paper-shaped", action="store_true", help="skip the paper-shaped mini-run"
+    )
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is not checked")
@@ -260,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda}
     checks = [("sync", subject, run) for subject, run in sync_checks(args.steps, cache)]
     checks.append(("perf", ",".join(methods), lambda: perf_check(methods, args.perf_steps, cache)))
+    if not args.no_paper_shaped:
+        checks.append(("paper-shaped", "every method, bf16", paper_shaped_check))
     if not args.no_compile:
         method = args.compile_method
         checks.append(("compile", method, lambda: compile_check(method, args.perf_steps, cache)))

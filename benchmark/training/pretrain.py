@@ -8,9 +8,13 @@ Each unit (``benchmark/training/units.py``) writes, under its directory::
     losses.csv      per-epoch training and validation losses
     logs/           the same losses for ``runtime.logger`` (csv, tensorboard or mlflow)
     pretrain.json   status, config hash, resolved settings, seed, optimiser steps and seconds
-                    of the training and of each stage the method built, versions
+                    of the training and of each stage the method built, versions, and
+                    ``set_aside``: the unit's files moved aside (file, moved_to, reason)
     stages/         cached products of the method's ``prepare`` step
     checkpoints/    last and best Lightning checkpoints while running (removed when done)
+    set-aside/      checkpoints or an ``encoder.pt`` that did not load (torn, foreign or
+                    altered), kept under their relative paths and never read again; the unit
+                    resumed without them or pretrained again (docs/errors.md)
 
 Every method pretrains for the same fixed budget: ``pretrain.max_epochs`` over the pool (or
 ``pretrain.max_steps``), with its learning-rate and momentum schedules laid out over exactly
@@ -47,7 +51,13 @@ from benchmark.errors import RuntimeSettingError, UserError
 from benchmark.method import SSLMethod
 from benchmark.nn.backbone import ResNet18, load_encoder, save_encoder, stage_widths
 from benchmark.registry import get_method
-from benchmark.results import versions, write_json_atomic
+from benchmark.results import (
+    describe_set_aside,
+    read_json,
+    recorded_set_aside,
+    versions,
+    write_json_atomic,
+)
 from benchmark.rundata import RunData, prepare_data
 from benchmark.training.runtime import (
     Ranks,
@@ -59,7 +69,6 @@ from benchmark.training.runtime import (
     process_ranks,
     resolve_device,
     resume_checkpoint,
-    resumed_epoch,
     training_device,
     training_logger,
 )
@@ -229,14 +238,14 @@ def run_pretraining(
     """Pretrain one unit (resuming from its last checkpoint if one exists); returns encoder.pt."""
     fingerprint = pretraining_fingerprint(cfg, unit, data)
     expected = config_hash(fingerprint)
-    if is_finished(unit, expected):
+    ranks = process_ranks(cfg.runtime)
+    log = log if ranks.is_main else _ignore
+    if is_finished(unit, expected, log, moves=ranks.is_main):
         return unit.encoder_path
     settings = unit_settings(cfg, unit)
     export = check_export(settings)
     apply_host_settings(cfg.runtime)
-    ranks = process_ranks(cfg.runtime)
     check_launch(cfg, ranks)
-    log = log if ranks.is_main else _ignore
     device = training_device(cfg.runtime, ranks)
     train_rows, val_rows, pool_note = split_pool(cfg, unit, data)
     log(f"pretraining {unit.title} on {pool_note} ({len(train_rows)} train / {len(val_rows)} val)")
@@ -256,6 +265,8 @@ def run_pretraining(
         "seed": int(settings.seed),
         "pool": pool_note,
         "export": export,
+        # Files of the unit that could not be used and were moved aside, in this or a former run.
+        "set_aside": recorded_set_aside(read_json(unit.record_path)),
     }
     if ranks.is_main:
         unit.directory.mkdir(parents=True, exist_ok=True)
@@ -294,11 +305,20 @@ def run_pretraining(
     )
     train_loader = loader(pool_batches(data, train_rows), seed=int(settings.seed))
     val_loader = loader(pool_batches(data, val_rows), seed=0, shuffle=False) if validate else None
-    last = resume_checkpoint(checkpoints, _restart(unit, checkpoints))
-    if last is not None:
-        log(f"{unit.title}: resuming from {last}")
-        set_loader_epoch(train_loader, resumed_epoch(last))
-    trainer.fit(method, train_loader, val_loader, ckpt_path=last, weights_only=True)
+    resume = resume_checkpoint(
+        checkpoints, unit.directory, _restart(unit, checkpoints), moves=ranks.is_main
+    )
+    for entry in resume.set_aside:
+        log(f"{unit.title}: {describe_set_aside(entry, unit.directory)}")
+    if resume.set_aside:
+        record["set_aside"] = [*record["set_aside"], *resume.set_aside]
+        write_json_atomic(unit.record_path, record)
+    if resume.checkpoint is not None:
+        log(f"{unit.title}: resuming from {resume.checkpoint}")
+        set_loader_epoch(train_loader, resume.epoch)
+    elif resume.set_aside:
+        log(f"{unit.title}: pretraining from the first epoch")
+    trainer.fit(method, train_loader, val_loader, ckpt_path=resume.checkpoint, weights_only=True)
     if ranks.is_main:
         record["resumed_at_epoch"] = loss_table.resumed_at_epoch
         _finish_unit(unit, method, trainer, best_keeper, context, record, started)

@@ -30,7 +30,7 @@ from torch import nn
 from benchmark.datasets.batches import set_loader_epoch
 from benchmark.errors import RuntimeSettingError
 from benchmark.nn.backbone import ResNet18
-from benchmark.results import UnloadableFileError, load_plain, require_inside
+from benchmark.results import UnloadableFileError, load_plain, require_inside, set_aside
 
 # Lightning's per-trainer banners ("GPU available: ...") would repeat for every grid cell.
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
@@ -253,14 +253,6 @@ class SamplerEpoch(pl.Callback):
         set_loader_epoch(trainer.train_dataloader, trainer.current_epoch)
 
 
-def resumed_epoch(checkpoint: Path) -> int:
-    """The epoch a training resumed from ``checkpoint`` (written at an epoch's end) runs first."""
-    return (
-        int(load_plain(checkpoint, f"Delete {checkpoint} to train from the first epoch.")["epoch"])
-        + 1
-    )
-
-
 class LastCheckpoint(Checkpoint):
     """``last.ckpt`` at the end of every training epoch, whatever the validation loss does and
     with no validation at all, so a killed training resumes at its last finished epoch.
@@ -304,31 +296,81 @@ def epoch_checkpoints(directory: Path, monitor: str | None) -> list[Checkpoint]:
 _RECORDED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
-def resume_checkpoint(folder: Path, fix: str) -> Path | None:
-    """``folder/last.ckpt`` to resume from (None without one), checked before Lightning reads it.
+@dataclass(frozen=True)
+class Resume:
+    """Where a training starts: from ``checkpoint`` (written at the end of the epoch before
+    ``epoch``) or, with none, at epoch 0. ``set_aside``: the checkpoints that could not be used,
+    moved aside (``benchmark.results.set_aside`` entries)."""
 
-    Lightning itself loads it (``fit(..., weights_only=True)``); here it and any SLURM
-    ``hpc_ckpt_*.ckpt`` Lightning might pick instead must load as plain data, and every
-    checkpoint path their callback state records must lie inside ``folder``: a doctored state
-    could otherwise have the best weights read from, or old checkpoints deleted at, any path.
-    Any problem is a ``UserError`` naming the file and saying what to do (``fix``).
+    checkpoint: Path | None = None
+    epoch: int = 0
+    set_aside: tuple[dict[str, str], ...] = ()
+
+
+def resume_checkpoint(folder: Path, owner: Path, fix: str, moves: bool = True) -> Resume:
+    """Where the training whose checkpoints are in ``folder`` starts, checked before Lightning
+    reads ``folder/last.ckpt`` (``fit(..., weights_only=True)``).
+
+    ``last.ckpt``, any SLURM ``hpc_ckpt_*.ckpt`` Lightning might pick instead, and the
+    checkpoints their callback states record (``best.ckpt``, read after training) must load as
+    plain data. One that does not (torn, foreign, altered) is moved to ``owner/set-aside/``
+    (``moves`` False: left for rank 0 to move) and not used: without a usable ``last.ckpt``
+    the training starts at epoch 0. A checkpoint that lies outside ``folder`` (a link) or
+    records a path outside it is hostile, not torn: a doctored state could have the best
+    weights read from, or old checkpoints deleted at, any path. That is a ``UserError`` naming
+    the file and saying what to do (``fix``).
     """
     last = folder / "last.ckpt"
+    usable: dict[Path, dict] = {}
+    unusable: dict[Path, str] = {}
     for path in [last, *sorted(folder.glob("hpc_ckpt_*.ckpt"))]:
         if not path.exists():
             continue
         require_inside(path, folder, fix)
-        state = load_plain(path, fix)
-        for recorded in _recorded_paths(state, path, fix):
-            require_inside(recorded, folder, fix, source=path)
-    return last if last.exists() else None
+        try:
+            state = load_plain(path, fix)
+            recorded = _recorded_paths(state, path, fix)
+            if not isinstance(state.get("epoch"), int):
+                raise UnloadableFileError(path, "it records no epoch", fix)
+        except UnloadableFileError as error:
+            unusable[path] = error.reason
+            continue
+        broken = _unusable_recorded(recorded, folder, path, fix, unusable)
+        if broken:
+            unusable[path] = f"the checkpoint it records, {broken}, cannot be used"
+        else:
+            usable[path] = state
+    moved = tuple(set_aside(path, owner, why) for path, why in unusable.items() if moves)
+    if last not in usable:
+        return Resume(set_aside=moved)
+    return Resume(last, usable[last]["epoch"] + 1, moved)
+
+
+def _unusable_recorded(
+    recorded: list[str], folder: Path, source: Path, fix: str, unusable: dict[Path, str]
+) -> Path | None:
+    """The first checkpoint ``source`` records that is missing or does not load as plain
+    data (those that exist are added to ``unusable`` with why), or None when all are usable."""
+    inside = [require_inside(path, folder, fix, source=source) for path in recorded]
+    root, first = folder.resolve(), None
+    for path in dict.fromkeys(folder / path.relative_to(root) for path in inside):
+        if path in unusable:
+            first = first or path
+            continue
+        try:
+            load_plain(path, fix)
+        except UnloadableFileError as error:
+            if path.exists():
+                unusable[path] = error.reason
+            first = first or path
+    return first
 
 
 def _recorded_paths(state: object, path: Path, fix: str) -> list[str]:
     """The checkpoint paths that the callback states of a loaded checkpoint record."""
 
     def refuse(what: str) -> UnloadableFileError:
-        return UnloadableFileError(f"{path}: {what}; it is not a checkpoint ssl3d wrote. {fix}")
+        return UnloadableFileError(path, f"{what}; it is not a checkpoint ssl3d wrote", fix)
 
     callbacks = state.get("callbacks", {}) if isinstance(state, dict) else None
     if not isinstance(callbacks, dict):
@@ -355,7 +397,7 @@ def best_checkpoint(checkpoints: ModelCheckpoint, folder: Path, fix: str) -> dic
     path = require_inside(checkpoints.best_model_path, folder, fix)
     state = load_plain(path, fix)
     if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
-        raise UnloadableFileError(f"{path}: it is not a checkpoint ssl3d wrote. {fix}")
+        raise UnloadableFileError(path, "it is not a checkpoint ssl3d wrote", fix)
     return state
 
 

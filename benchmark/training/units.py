@@ -9,19 +9,31 @@ settings (``SSLMethod.scope``). Every unit pretrains with its own random seed,
 ``pretrain.seed + seed`` (``unit_settings``), so the cells of seed ``s`` start from an encoder
 of pretraining seed ``s`` and pretraining variation is sampled with the split seeds. A unit is
 finished when its ``pretrain.json`` says done with the hash of its fingerprint, everything its
-encoder depends on.
+encoder depends on, and its ``encoder.pt`` loads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from benchmark.config import method_hparams, pretraining_settings
 from benchmark.context import PretrainingUnit
 from benchmark.registry import get_method
-from benchmark.results import code_version, read_json
+from benchmark.results import (
+    UnloadableFileError,
+    code_version,
+    describe_set_aside,
+    load_plain,
+    read_json,
+    recorded_set_aside,
+    require_inside,
+    set_aside,
+    write_json_atomic,
+)
 from benchmark.rundata import RunData
 from benchmark.training.runtime import numerics
 
@@ -97,12 +109,41 @@ def pretraining_fingerprint(cfg: DictConfig, unit: PretrainingUnit, data: RunDat
     return OmegaConf.to_container(OmegaConf.create(fingerprint), resolve=True)
 
 
-def is_finished(unit: PretrainingUnit, expected_hash: str) -> bool:
-    """True when the unit's encoder exists and was made with these settings."""
+def is_finished(
+    unit: PretrainingUnit,
+    expected_hash: str,
+    log: Callable[[str], None] = print,
+    moves: bool = True,
+) -> bool:
+    """True when the unit's encoder exists, was made with these settings and loads as a plain
+    state dict of tensors (once per check, before any cell reads it).
+
+    An ``encoder.pt`` that does not load (torn, foreign or altered) is moved to the unit's
+    ``set-aside/`` folder, named in ``log`` and in ``pretrain.json``, and the unit counts as
+    unfinished: it is pretrained again, with the same settings to the same weights, so cells
+    that already used the old encoder stay valid. ``moves`` False (data-parallel ranks but 0):
+    the check only; rank 0 moves the file. An ``encoder.pt`` that lies outside the unit's
+    folder (a link) is refused with a ``UserError``.
+    """
     record = read_json(unit.record_path)
-    return (
+    if not (
         record is not None
         and record.get("status") == "done"
         and record.get("config_hash") == expected_hash
         and unit.encoder_path.exists()
-    )
+    ):
+        return False
+    fix = f"Delete {unit.encoder_path} to pretrain {unit.title} again."
+    require_inside(unit.encoder_path, unit.directory, fix)
+    try:
+        state = load_plain(unit.encoder_path, fix)
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise UnloadableFileError(unit.encoder_path, "it is not a state dict of tensors", fix)
+    except UnloadableFileError as error:
+        if moves:
+            entry = set_aside(unit.encoder_path, unit.directory, error.reason)
+            record["set_aside"] = [*recorded_set_aside(record), entry]
+            write_json_atomic(unit.record_path, record)
+            log(f"{unit.title}: {describe_set_aside(entry, unit.directory)}; pretraining again")
+        return False
+    return True

@@ -69,6 +69,7 @@ def test_the_cuda_path_runs_every_check_and_writes_the_report(tmp_path, monkeypa
     monkeypatch.setattr(gpu_check, "sync_checks", syncs)
     monkeypatch.setattr(gpu_check, "perf_check", lambda m, s, c: {"report": f"perf {m} {s}"})
     monkeypatch.setattr(gpu_check, "compile_check", lambda m, s, c: {"method": m})
+    monkeypatch.setattr(gpu_check, "paper_shaped_check", lambda: {"summary": "passed"})
     monkeypatch.setattr(gpu_check, "estimate_check", lambda m, gpu, c: {"report": f"on {gpu}"})
     out = tmp_path / "report"
     assert main(["--out", str(out), "--steps", "3", "--perf-methods", "simclr,spark"]) == 1
@@ -80,6 +81,7 @@ def test_the_cuda_path_runs_every_check_and_writes_the_report(tmp_path, monkeypa
         ("sync", "simclr", "passed"),
         ("sync", "finetune", "failed"),
         ("perf", "simclr,spark", "passed"),
+        ("paper-shaped", "every method, bf16", "passed"),
         ("compile", "simclr", "passed"),
         ("estimate", "H200", "passed"),
     ]
