@@ -25,7 +25,8 @@ test: setup
 	$(BIN)/python -m pytest $(ARGS)
 
 # The tests marked heavy (minutes each, so not in `make test`): the paper profile's shapes on
-# the CPU (tests/tools/test_paper_shaped.py). CI runs them as a step of their own.
+# the CPU (tests/tools/test_paper_shaped.py, about 7 minutes) and every method's step under
+# torch.compile (tests/training/test_compile.py, about 5). CI runs them as a step of their own.
 test-heavy: setup
 	$(BIN)/python -m pytest -m heavy $(ARGS)
 

@@ -132,11 +132,17 @@ def resolve_precision(runtime: DictConfig, device: torch.device) -> str:
 
 def numerics(runtime: DictConfig) -> dict[str, object]:
     """The settings that change a result's last bits, for result fingerprints: the resolved
-    precision, the device kind (``cpu`` or the GPU's name) and torch's CPU threads."""
+    precision, the device kind (``cpu`` or the GPU's name), torch's CPU threads and whether the
+    ResNet18 is compiled (inductor sums in another order: docs/perf.md)."""
     device = resolve_device(runtime)
     kind = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     threads = int(runtime.threads) if runtime.threads else torch.get_num_threads()
-    return {"precision": resolve_precision(runtime, device), "device": kind, "threads": threads}
+    return {
+        "precision": resolve_precision(runtime, device),
+        "device": kind,
+        "threads": threads,
+        "compiled": bool(runtime.compile),
+    }
 
 
 def apply_host_settings(runtime: DictConfig) -> None:
