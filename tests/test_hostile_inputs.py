@@ -23,6 +23,7 @@ RUN_SETTINGS = [
     (["pretrain.batch_size=2.5"], "'pretrain.batch_size' (command line) must be a whole number"),
     (["method.simclr.pretrain.batch_size=1"], "'method.simclr.pretrain.batch_size' must be"),
     (["pretrain.lr=0"], "'pretrain.lr' must be a learning rate > 0"),
+    (["method.moco.pretrain.export=middle"], "'method.moco.pretrain.export' must be one of last"),
     (["finetune.protocols=[]"], "'finetune.protocols' must be a non-empty list of protocol"),
     (["finetune.localisation.stage=5"], "'finetune.localisation.stage' must be a ResNet stage"),
     (["probes.knn.metric=manhattan"], "'probes.knn.metric' must be one of cosine, euclidean"),

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from benchmark.datasets.batches import TensorBatches, batch_loader, set_loader_epoch
 from benchmark.datasets.views import Views
-from benchmark.evaluation.localisation import check_stage, localise
+from benchmark.evaluation.localisation import localise
 from benchmark.evaluation.scoring import NonFiniteScoresError, score_cell
 from benchmark.nn.backbone import ResNet18, load_encoder, stage_widths
 from benchmark.nn.optimizers import fused_optimizer
@@ -109,7 +109,6 @@ def cell_seed(cell: Cell) -> int:
 def finetune_settings(cfg: DictConfig) -> dict:
     """The settings a ``finetune`` cell depends on: ``finetune`` without the grid's protocol
     list and the ``external`` method's encoder file (whose hash its cells carry instead)."""
-    check_stage(cfg.finetune.localisation)
     settings = OmegaConf.to_container(cfg.finetune, resolve=True)
     for grid_setting in ("protocols", "encoder", "allow_pickle"):
         settings.pop(grid_setting)

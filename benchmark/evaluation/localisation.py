@@ -24,16 +24,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from benchmark.errors import UserError
 from benchmark.evaluation.metrics import weighted_average_precision
 from benchmark.nn.backbone import ResNet18
 from benchmark.rundata import RunData
 
 STAGE_NAMES = {1: "layer1", 2: "layer2", 3: "layer3", 4: "layer4"}
-
-
-class LocalisationSettingError(UserError):
-    """``finetune.localisation.stage`` is not a ResNet stage."""
 
 
 def grad_cam(backbone: ResNet18, head: nn.Module, images: Tensor, stage: int) -> Tensor:
@@ -56,17 +51,6 @@ def saliency_scores(saliency: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
     return weighted_average_precision(flat, inside), hits
 
 
-def check_stage(settings: DictConfig) -> int:
-    """The stage index ``finetune.localisation.stage`` names (1-4)."""
-    stage = settings.stage
-    if stage not in STAGE_NAMES:
-        raise LocalisationSettingError(
-            f"finetune.localisation.stage must be 1, 2, 3 or 4 (ResNet stage; 4 = the last, "
-            f"stride 32), got {stage!r}"
-        )
-    return int(stage)
-
-
 def localise(
     backbone: ResNet18,
     head: nn.Module,
@@ -79,7 +63,7 @@ def localise(
     masks = data.cohort.masks
     if masks is None or not settings.enabled:
         return None
-    stage = check_stage(settings)
+    stage = int(settings.stage)  # 1-4, checked with every setting (config.py)
     rows = torch.as_tensor(np.array([r for r in test_rows if bool(masks[r].any())], dtype=int))
     table = data.cohort.table.iloc[rows.numpy()]
     device = next(backbone.parameters()).device

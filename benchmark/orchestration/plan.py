@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.config import config_hash, setting_leaves
+from benchmark.config import config_hash, setting_leaves, validate_settings
 from benchmark.errors import UserError
 from benchmark.evaluation.protocols import get_protocol
 from benchmark.evaluation.shared_encoder import SharedEncoder, read_shared_encoder
@@ -73,7 +73,11 @@ def cell_fingerprint(cfg: DictConfig, cell: Cell, data: RunData, pretraining: di
 
 
 def plan_run(cfg: DictConfig, data: RunData, out: Path) -> Plan:
-    """All pretraining units and cells of the configured grid, with their hashes."""
+    """All pretraining units and cells of the configured grid, with their hashes.
+
+    The settings are checked again here (``validate_settings``, as when they were built), so
+    that a configuration changed in code after ``load_config`` meets the same rules."""
+    validate_settings(cfg)
     _check_split_coverage(cfg, data)
     shared = read_shared_encoder(cfg, out)
     units, unit_hashes, unit_prints, cells, prints = {}, {}, {}, [], {}

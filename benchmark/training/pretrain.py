@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from benchmark.config import ConfigError, config_hash, method_hparams, pretraining_settings
+from benchmark.config import config_hash, method_hparams, pretraining_settings
 from benchmark.context import PretrainingContext, PretrainingUnit
 from benchmark.datasets.batches import TensorBatches, batch_loader, set_loader_epoch
 from benchmark.errors import RuntimeSettingError, UserError
@@ -79,8 +79,6 @@ from benchmark.training.units import (
     pretraining_units,
     unit_settings,
 )
-
-EXPORTS = ("last", "best")
 
 
 class LossTable(pl.Callback):
@@ -243,7 +241,7 @@ def run_pretraining(
     if is_finished(unit, expected, log, moves=ranks.is_main):
         return unit.encoder_path
     settings = unit_settings(cfg, unit)
-    export = check_export(settings)
+    export = str(settings.export)  # last | best, checked with every setting (config.py)
     apply_host_settings(cfg.runtime)
     check_launch(cfg, ranks)
     device = training_device(cfg.runtime, ranks)
@@ -363,17 +361,6 @@ def _finish_unit(
     )
     write_json_atomic(unit.record_path, record)
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def check_export(settings: DictConfig) -> str:
-    """``pretrain.export``: which weights become ``encoder.pt``."""
-    export = str(settings.export)
-    if export not in EXPORTS:
-        raise ConfigError(
-            f"pretrain.export={export}: choose last (the weights after the last optimiser "
-            "step, every method's equal budget) or best (the epoch of the lowest validation loss)"
-        )
-    return export
 
 
 def _restart(unit: PretrainingUnit, checkpoints: Path) -> str:
