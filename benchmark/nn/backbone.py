@@ -114,7 +114,7 @@ class ResNet18(ResNet):
 
         Computed through ``__call__`` (``forward(x, all_maps=True)``): ``nn.Module.compile``
         compiles ``__call__`` only, so a method called directly would run eagerly under
-        ``runtime.compile`` (the decoder methods did, before this was one entry point)."""
+        ``runtime.compile``."""
         return self(x, all_maps=True)
 
     def pool(self, last_map: Tensor) -> Tensor:
