@@ -13,10 +13,10 @@ import json
 
 import pytest
 import torch
+from benchmark.datasets.batches import TensorBatches
 
 from benchmark.cli import main
 from benchmark.config import load_config
-from benchmark.datasets.batches import TensorBatches
 from benchmark.nn.backbone import ResNet18, load_encoder, stage_widths
 from benchmark.registry import get_method
 from benchmark.results import read_json
