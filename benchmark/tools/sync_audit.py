@@ -5,12 +5,16 @@ On CUDA the host queues kernels and runs ahead; an operation whose result the ho
 blocking copy from pageable host memory) makes it wait for everything queued. The audit finds
 them on the CPU, where nothing is on a GPU, by following which tensors *would* be on it:
 
-* **Device tensors** are tracked by identity: the batch, the module's parameters, buffers and
-  tensor attributes, and everything an operation computes from them (a ``TorchDispatchMode``
-  sees every aten operation, the backward pass and the optimiser's kernels included). A tensor
-  made by a factory whose ``device=`` is a device object read from a device tensor (or the
-  module's ``self.device``) is one too: a ``TorchFunctionMode`` marks those ``torch.device``
-  objects as they are read. Host tensors (view parameters drawn from the CPU generator,
+* **Device tensors** are tracked by identity: the batch, the module's parameters and buffers
+  (what ``Module.to`` moves), and everything an operation computes from them (a
+  ``TorchDispatchMode`` sees every aten operation, the backward pass and the optimiser's kernels
+  included). A tensor made by a factory whose ``device=`` is a device object read from a device
+  tensor (or the module's ``self.device``), or moved with ``.to`` onto one, is one too: a
+  ``TorchFunctionMode`` marks those ``torch.device`` objects as they are read. Tracking starts
+  at ``on_fit_start``, so a tensor attribute that a method moves there (a label table, a
+  target table) is a device tensor, and one it never moves stays a host tensor, as on CUDA,
+  where ``Module.to`` leaves plain attributes where they are: moving it in every step is a
+  ``host to device`` finding. Host tensors (view parameters drawn from the CPU generator,
   optimiser step counters) stay host tensors, so reading them is no finding, as on CUDA.
 * **Findings**, each with the innermost line of this repository on the stack:
   ``scalar read`` (``aten._local_scalar_dense``: ``.item()``, ``float(t)``, ``bool(t)``,
@@ -24,9 +28,9 @@ them on the CPU, where nothing is on a GPU, by following which tensors *would* b
 The audit runs real steps through Lightning (``StepAudit``, a callback): everything between
 ``on_train_batch_start`` and ``on_train_batch_end`` (forward, backward, optimiser step,
 ``self.log``) is phase ``step``, Lightning's work between steps ``between steps``; these two
-must be free of findings. Reported separately, as they happen once: ``first step`` (the first
-step's one-off work: the optimiser's state, Lightning's logged-metric states moved to the
-device) and, from ``on_train_epoch_end`` on, ``epoch end`` (logging once per epoch, the
+must be free of findings. Reported separately, as they happen once: ``fit start`` (what the
+method moves to the device before training), ``first step`` (the first step's one-off work:
+the optimiser's state, Lightning's logged-metric states moved to the device) and, from ``on_train_epoch_end`` on, ``epoch end`` (logging once per epoch, the
 non-finite check). What the audit cannot see: tensors that reach the
 step through neither the batch nor the module (it would count them as host tensors), and
 synchronisation inside CUDA libraries (cuDNN benchmark runs); ``make gpu-check`` runs the step
@@ -272,7 +276,7 @@ class SyncRecorder:
 
 def module_tensors(module: torch.nn.Module) -> list[Tensor]:
     """Parameters, buffers and tensor attributes (queues, flags, prepared targets) of every
-    submodule: what lives on the device before a step starts."""
+    submodule: the memory a step starts with (``step_cost``)."""
     tensors = [*module.parameters(), *module.buffers()]
     for part in module.modules():
         tensors += [v for v in tree_flatten(list(vars(part).values()))[0] if isinstance(v, Tensor)]
@@ -285,14 +289,21 @@ class StepAudit(pl.Callback):
     def __init__(self):
         self.recorder = SyncRecorder()
 
+    def on_fit_start(self, trainer, module) -> None:
+        """Before the module's own ``on_fit_start`` (Lightning calls callbacks first), which
+        may move tensor attributes to the device."""
+        devices = self.recorder.device_tensors
+        devices.add([*module.parameters(), *module.buffers()])  # what Module.to moves
+        devices.devices[id(module.device)] = module.device
+        self.recorder.phase = "fit start"
+        self.recorder.start()
+
     def on_train_start(self, trainer, module) -> None:
         devices = self.recorder.device_tensors
-        devices.add(module_tensors(module))
         devices.devices[id(module.device)] = module.device
         for optimizer in trainer.optimizers:
             devices.add(list(optimizer.state.values()))
         self.recorder.phase = "between steps"
-        self.recorder.start()
 
     def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
         self.recorder.device_tensors.add([batch])

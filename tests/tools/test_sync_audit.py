@@ -80,3 +80,32 @@ def test_an_item_inserted_in_a_step_is_caught_at_its_line(perf, monkeypatch):
     line = reads_the_loss_back.__code__.co_firstlineno + 2
     assert inserted[0].where == f"tests/tools/test_sync_audit.py:{line}"
     assert len(inserted) == len(audit.in_steps) == 2  # steps 2 and 3; step 1 is its own phase
+
+
+def test_a_table_moved_to_the_device_in_every_step_is_caught_once_moved_at_fit_start_is_not(
+    perf, monkeypatch
+):
+    """``Module.to`` moves parameters and buffers only: a plain tensor attribute stays on the
+    host on CUDA, and moving it in every step is a blocking copy (supervised's label table did
+    this on the H200). Moved once in ``on_fit_start``, it is a device tensor from then on."""
+    simsiam = get_method("simsiam")
+    original_loss, original_start = simsiam.pretraining_loss, simsiam.on_fit_start
+
+    def moved_at_fit_start(self):
+        original_start(self)
+        self.device_table = torch.arange(4.0).to(self.device)
+
+    def uses_both_tables(self, batch):
+        losses = original_loss(self, batch)
+        host_table = torch.arange(4.0)
+        moved = host_table.to(self.device)  # the deliberate copy
+        losses["loss"] = losses["loss"] + 0 * (moved.sum() + self.device_table.sum())
+        return losses
+
+    monkeypatch.setattr(simsiam, "on_fit_start", moved_at_fit_start)
+    monkeypatch.setattr(simsiam, "pretraining_loss", uses_both_tables)
+    audit = audit_pretraining(perf, "simsiam", batch_size=4)
+    assert [(f.kind, f.code) for f in audit.in_steps] == [
+        ("host to device", "moved = host_table.to(self.device)  # the deliberate copy")
+    ] * 2  # steps 2 and 3
+    assert any("device_table" in f.code for f in audit.of_phase("fit start"))
