@@ -28,7 +28,7 @@ test: setup
 # the CPU (tests/tools/test_paper_shaped.py, about 7 minutes) and every method's step under
 # torch.compile (tests/training/test_compile.py, about 5). CI runs them as a step of their own.
 test-heavy: setup
-	$(BIN)/python -m pytest -m heavy $(ARGS)
+	$(BIN)/python -m pytest -m heavy --durations=5 $(ARGS)
 
 report: setup
 	$(SSL3D) report $(OUT) $(ARGS)

@@ -33,13 +33,18 @@ STAGE_NAMES = {1: "layer1", 2: "layer2", 3: "layer3", 4: "layer4"}
 
 def grad_cam(backbone: ResNet18, head: nn.Module, images: Tensor, stage: int) -> Tensor:
     """Saliency ``[B, S, S, S]`` (>= 0) of the anomaly log-odds for a batch ``[B, 1, S, S, S]``."""
+    # The stage's map first, then the stages after it from that map as a leaf: the gradient
+    # needs only those, and a compiled ResNet18 (runtime.compile) returns its maps from one
+    # fused graph, through which autograd cannot reach an intermediate map.
+    with torch.no_grad():
+        stage_map = backbone.feature_maps(images)[stage]
     with torch.enable_grad():
-        maps = backbone.feature_maps(images)  # stem, layer1..layer4
-        logits = head(backbone.pool(maps[-1])).float()
+        stage_map.requires_grad_()
+        logits = head(backbone.pool(backbone.stages_after(stage_map, stage))).float()
         log_odds = logits[:, 1] - logits[:, 0]
-        (gradient,) = torch.autograd.grad(log_odds.sum(), maps[stage])
+        (gradient,) = torch.autograd.grad(log_odds.sum(), stage_map)
     weights = gradient.float().mean(dim=(2, 3, 4), keepdim=True)  # [B, C, 1, 1, 1]
-    cam = F.relu((weights * maps[stage].detach().float()).sum(dim=1, keepdim=True))
+    cam = F.relu((weights * stage_map.detach().float()).sum(dim=1, keepdim=True))
     return F.interpolate(cam, size=images.shape[2:], mode="trilinear", align_corners=False)[:, 0]
 
 

@@ -117,6 +117,13 @@ class ResNet18(ResNet):
         ``runtime.compile``."""
         return self(x, all_maps=True)
 
+    def stages_after(self, stage_map: Tensor, stage: int) -> Tensor:
+        """The last map (stride 32) computed from the map of ``stage`` (1-4) by the stages
+        after it (Grad-CAM's gradient at that stage needs only these)."""
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[stage:]:
+            stage_map = layer(stage_map)
+        return stage_map
+
     def pool(self, last_map: Tensor) -> Tensor:
         """Global average pooling: [B, C, ...] -> [B, C]."""
         return torch.flatten(self.avgpool(last_map), 1)

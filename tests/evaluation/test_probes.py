@@ -152,3 +152,21 @@ def test_localisation_is_skipped_without_masks_and_scores_every_masked_volume(sm
     assert result["n"] == len(masked) > 0 and result["stage"] == "layer2"
     assert {v["pathology"] for v in result["volumes"]} - {""}
     assert 0 <= result["pointing_game"] <= 1 and 0 < result["chance"] < 1
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_grad_cam_of_an_inner_stage_takes_the_gradient_through_the_whole_network(stage):
+    """The stage's map as a leaf and the stages after it give the gradient that autograd takes
+    through one whole forward pass (what a compiled ResNet18 cannot give: its maps come out of
+    one fused graph)."""
+    torch.manual_seed(0)
+    backbone = ResNet18(stage_widths(0.125)).eval()
+    head = nn.Sequential(nn.Linear(backbone.feature_dim, 8), nn.ReLU(), nn.Linear(8, 2))
+    images = torch.rand(2, 1, 32, 32, 32)
+    maps = backbone.feature_maps(images)
+    logits = head(backbone.pool(maps[-1]))
+    (gradient,) = torch.autograd.grad((logits[:, 1] - logits[:, 0]).sum(), maps[stage])
+    weights = gradient.mean(dim=(2, 3, 4), keepdim=True)
+    cam = F.relu((weights * maps[stage].detach()).sum(dim=1, keepdim=True))
+    expected = F.interpolate(cam, size=(32, 32, 32), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(grad_cam(backbone, head, images, stage), expected[:, 0])

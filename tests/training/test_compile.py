@@ -85,10 +85,12 @@ def test_a_compiled_module_one_percent_off_is_flagged(perf, monkeypatch):
 
 
 def test_a_compiled_smoke_run_exports_an_encoder_with_the_plain_names(tmp_path):
+    """Pretraining, the linear probe and fine-tuning with Grad-CAM (hooks on a compiled
+    ResNet18) all run compiled; the encoder keeps eager training's names."""
     out = tmp_path / "run"
     main(["run", "--profile", "smoke", "--methods", "simclr", "--out", str(out),
-          "splits.seeds=[0]", "splits.fractions=[1.0]", "finetune.protocols=[linear]",
-          "pretrain.max_epochs=1", "runtime.compile=true"])  # fmt: skip
+          "splits.seeds=[0]", "splits.fractions=[1.0]", "finetune.protocols=[linear,finetune]",
+          "pretrain.max_epochs=1", "finetune.max_epochs=1", "runtime.compile=true"])  # fmt: skip
     path = out / "pretrain" / "simclr" / "seed0" / "encoder.pt"
     widths = stage_widths(float(load_config("smoke").backbone.width_multiplier))
     encoder = load_encoder(path, widths)  # strict: every name as eager training writes it
@@ -97,6 +99,8 @@ def test_a_compiled_smoke_run_exports_an_encoder_with_the_plain_names(tmp_path):
     assert not any("_orig_mod" in name for name in encoder.state_dict())
     cell = read_json(out / "cells" / "simclr" / "linear" / "f1" / "fold0" / "seed0.json")
     assert cell["status"] == "done"
+    cell = read_json(out / "cells" / "simclr" / "finetune" / "f1" / "fold0" / "seed0.json")
+    assert cell["status"] == "done" and cell["localisation"]["n"] > 0
 
 
 def test_perf_compares_compiled_with_eager(tmp_path, capsys):
