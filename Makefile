@@ -37,7 +37,7 @@ perf: setup
 	$(SSL3D) perf $(ARGS)
 
 # The paper profile's code path at its real shapes (64^3, full width, every method and protocol)
-# with tiny counts: about 6 minutes on 2 cores. Report in results/paper-shaped/paper-shaped.md.
+# with tiny counts: about 7 minutes on 2 cores. Report in results/paper-shaped/paper-shaped.md.
 paper-shaped: setup
 	rm -rf results/paper-shaped
 	$(BIN)/python -m benchmark.tools.paper_shaped --out results/paper-shaped $(ARGS)
