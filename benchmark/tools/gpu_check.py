@@ -14,7 +14,7 @@ On a machine with a CUDA GPU it runs, in order, and writes ``gpu-check.md`` and
 3. **paper-shaped**: ``make paper-shaped`` on the GPU with bf16 autocast: ``ssl3d run --profile
    paper`` for every method and protocol (Grad-CAM included) at the paper's shapes with a
    handful of volumes, and the checks of ``benchmark/tools/paper_shaped.py``.
-4. **compile**: one method's compute-only step time with ``runtime.compile=true`` against eager.
+4. **compile**: ``ssl3d perf --compare-compile`` for one method: its step eager and compiled.
 5. **estimate**: ``ssl3d perf --audit --estimate`` for the same subset: FLOPs, memory and the
    FLOP-based lower bound of the paper grid on this GPU (counted on the CPU).
 
@@ -136,20 +136,26 @@ def perf_check(methods: list[str], steps: int, cache: Path) -> dict:
 
 
 def compile_check(method: str, steps: int, cache: Path) -> dict:
-    """Compute-only step time of ``method`` at the paper size, compiled and eager."""
-    from benchmark.config import load_config, pretraining_settings
-    from benchmark.tools.perf import in_fresh_process, perf_data
+    """``ssl3d perf --device cuda --profile paper --compare-compile`` on ``method``: step
+    times eager and compiled, their ratio, and the first steps (compilation) apart."""
+    from benchmark.tools.perf import run_perf
 
-    seconds = {}
-    for compiled in (False, True):
-        overrides = [*PAPER_SHAPED, "runtime.device=cuda", f"runtime.compile={compiled}"]
-        cfg = load_config("paper", overrides, [method])
-        count = 2 * int(pretraining_settings(cfg, method).batch_size)
-        result = in_fresh_process(perf_data(cfg, cache, count), "fast", method, steps, 3, 1)
-        batch = result.batch
-        seconds["compiled" if compiled else "eager"] = batch / result.volumes_per_s_compute_only
-    seconds["speedup"] = seconds["eager"] / seconds["compiled"]
-    return {"method": method, "seconds_per_step": seconds}
+    with tempfile.TemporaryDirectory() as folder:
+        json_path = Path(folder) / "perf.json"
+        report = run_perf(
+            "paper",
+            [method],
+            "cuda",
+            PAPER_SHAPED,
+            steps=steps,
+            warmup=3,
+            rounds=1,
+            json_path=json_path,
+            estimate=False,
+            cache=cache,
+            compare_compile=True,
+        )
+        return {"report": report, "measurements": json.loads(json_path.read_text())}
 
 
 def paper_shaped_check() -> dict:
